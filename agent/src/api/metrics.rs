@@ -1,0 +1,362 @@
+//! Prometheus metrics: ipmi_exporter-compatible names where the meaning matches (so existing
+//! dashboards keep working), `wattwise_*` for the rest; served with `/healthz` and `/readyz`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use wattwise_core::{EnergyLevel, ValidatedReport};
+use wattwise_proto::v1 as pb;
+
+use crate::sensors::bmc::{BmcReadings, PowerPath};
+use crate::sensors::roles::Role;
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CollectorLabel {
+    collector: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SensorLabels {
+    id: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleStatusLabels {
+    role: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabel {
+    level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AckLabels {
+    endpoint: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Every metric the agent exports.
+pub struct AgentMetrics {
+    registry: Registry,
+    ipmi_up: Family<CollectorLabel, Gauge>,
+    temperature: Family<SensorLabels, GaugeF>,
+    dcmi_power: GaugeF,
+    sensor_power: Family<SensorLabels, GaugeF>,
+    predicted_watts: GaugeF,
+    marginal_watts_per_core: GaugeF,
+    /// Label-less family so the series can vanish when there is no measurement.
+    model_error_watts: Family<Vec<(String, String)>, GaugeF>,
+    cpu_utilisation: GaugeF,
+    cpu_capacity: Gauge,
+    energy_percent: GaugeF,
+    energy_level: Family<LevelLabel, Gauge>,
+    role_status: Family<RoleStatusLabels, Gauge>,
+    stream_connected: Family<EndpointLabel, Gauge>,
+    acks: Family<AckLabels, Counter>,
+    read_duration: Family<CollectorLabel, Histogram>,
+    reports: Counter,
+    ready: AtomicBool,
+}
+
+fn read_duration_histogram() -> Histogram {
+    // 1 ms … ~16 s: an in-band read takes milliseconds, a LAN read against a slow BMC seconds.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl AgentMetrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Registry::default(),
+            ipmi_up: Family::default(),
+            temperature: Family::default(),
+            dcmi_power: GaugeF::default(),
+            sensor_power: Family::default(),
+            predicted_watts: GaugeF::default(),
+            marginal_watts_per_core: GaugeF::default(),
+            model_error_watts: Family::default(),
+            cpu_utilisation: GaugeF::default(),
+            cpu_capacity: Gauge::default(),
+            energy_percent: GaugeF::default(),
+            energy_level: Family::default(),
+            role_status: Family::default(),
+            stream_connected: Family::default(),
+            acks: Family::default(),
+            read_duration: Family::new_with_constructor(read_duration_histogram),
+            reports: Counter::default(),
+            ready: AtomicBool::new(false),
+        };
+        registry.register(
+            "ipmi_up",
+            "1 if the last read of this IPMI collector reached the BMC, 0 if it failed",
+            m.ipmi_up.clone(),
+        );
+        registry.register(
+            "ipmi_temperature_celsius",
+            "Temperature reading of the BMC sensor filling a wattwise role",
+            m.temperature.clone(),
+        );
+        registry.register(
+            "ipmi_dcmi_power_consumption_watts",
+            "Current power consumption from DCMI Get Power Reading",
+            m.dcmi_power.clone(),
+        );
+        registry.register(
+            "ipmi_power_watts",
+            "Power reading of the SDR power sensor used for node watts",
+            m.sensor_power.clone(),
+        );
+        registry.register(
+            "wattwise_predicted_watts",
+            "Node watts the power model predicts at the current utilisation and temperatures",
+            m.predicted_watts.clone(),
+        );
+        registry.register(
+            "wattwise_marginal_watts_per_core",
+            "Watts one more fully busy CPU core would add at the current utilisation",
+            m.marginal_watts_per_core.clone(),
+        );
+        registry.register(
+            "wattwise_model_error_watts",
+            "Predicted minus measured node watts (absent without a measurement)",
+            m.model_error_watts.clone(),
+        );
+        registry.register(
+            "wattwise_cpu_utilisation_ratio",
+            "Measured CPU utilisation over the last interval, 0..1",
+            m.cpu_utilisation.clone(),
+        );
+        registry.register(
+            "wattwise_cpu_capacity_millicores",
+            "CPU capacity of the node in millicores",
+            m.cpu_capacity.clone(),
+        );
+        registry.register(
+            "wattwise_energy_percent",
+            "Stored energy of the node's battery or renewable source, 0..100",
+            m.energy_percent.clone(),
+        );
+        registry.register(
+            "wattwise_energy_level",
+            "1 for the node's current energy level (after hysteresis), 0 for the others",
+            m.energy_level.clone(),
+        );
+        registry.register(
+            "wattwise_sensor_role_status",
+            "1 for each sensor role's current status (ok, stale, missing, ambiguous, error)",
+            m.role_status.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_stream_connected",
+            "1 while the report stream to this scheduler endpoint is open",
+            m.stream_connected.clone(),
+        );
+        registry.register(
+            "wattwise_report_acks",
+            "Report acknowledgements from schedulers by result",
+            m.acks.clone(),
+        );
+        registry.register(
+            "wattwise_sensor_read_duration_seconds",
+            "Duration of one read cycle per collector",
+            m.read_duration.clone(),
+        );
+        registry.register("wattwise_reports", "Reports produced", m.reports.clone());
+        registry.register(
+            "wattwise_build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// Text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn observe_read_duration(&self, collector: &'static str, seconds: f64) {
+        self.read_duration
+            .get_or_create(&CollectorLabel { collector })
+            .observe(seconds);
+    }
+
+    pub fn observe_bmc(&self, bmc: &BmcReadings, configured: bool) {
+        if configured {
+            self.ipmi_up
+                .get_or_create(&CollectorLabel { collector: "ipmi" })
+                .set(i64::from(bmc.sensors_up));
+            self.ipmi_up
+                .get_or_create(&CollectorLabel { collector: "dcmi" })
+                .set(i64::from(bmc.dcmi_up));
+        }
+        self.temperature.clear();
+        self.sensor_power.clear();
+        self.role_status.clear();
+        for (role, reading) in &bmc.roles {
+            self.role_status
+                .get_or_create(&RoleStatusLabels {
+                    role: role.to_string(),
+                    status: status_name(reading.status),
+                })
+                .set(1);
+            let (Some(value), Some(number)) = (reading.usable(), reading.sensor_number) else {
+                continue;
+            };
+            let labels = SensorLabels {
+                id: number.to_string(),
+                name: reading.sensor_name.clone(),
+            };
+            match role {
+                Role::Inlet | Role::Cpu(_) => {
+                    self.temperature.get_or_create(&labels).set(value);
+                }
+                Role::Power if bmc.power_path == PowerPath::SdrSensor => {
+                    self.sensor_power.get_or_create(&labels).set(value);
+                }
+                Role::Power => {}
+            }
+        }
+        if bmc.power_path == PowerPath::Dcmi {
+            if let Some(w) = bmc.roles.get(&Role::Power).and_then(|r| r.usable()) {
+                self.dcmi_power.set(w);
+            }
+        }
+    }
+
+    pub fn observe_report(&self, report: &ValidatedReport) {
+        self.reports.inc();
+        let predicted = report.predicted_watts();
+        self.predicted_watts.set(predicted);
+        let per_core = report.predict_marginal(&[1000]);
+        self.marginal_watts_per_core
+            .set(per_core.predictions[0].marginal_watts);
+        self.cpu_utilisation.set(report.utilisation());
+        self.cpu_capacity.set(report.capacity_millicores() as i64);
+        let measured = report
+            .report()
+            .measured
+            .as_ref()
+            .filter(|m| m.source != pb::ReadingSource::None as i32);
+        match measured {
+            Some(m) => {
+                self.model_error_watts
+                    .get_or_create(&Vec::new())
+                    .set(predicted - m.watts);
+            }
+            None => self.model_error_watts.clear(),
+        }
+        if let Some(energy) = &report.report().energy {
+            self.energy_percent.set(energy.percent);
+        }
+        if let Some(level) = report.energy_level() {
+            for l in EnergyLevel::ALL {
+                self.energy_level
+                    .get_or_create(&LevelLabel { level: l.label() })
+                    .set(i64::from(l == level));
+            }
+        }
+    }
+
+    pub fn set_stream_connected(&self, endpoint: &str, connected: bool) {
+        self.stream_connected
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.to_string(),
+            })
+            .set(i64::from(connected));
+    }
+
+    pub fn count_ack(&self, endpoint: &str, accepted: bool) {
+        self.acks
+            .get_or_create(&AckLabels {
+                endpoint: endpoint.to_string(),
+                result: if accepted { "accepted" } else { "rejected" },
+            })
+            .inc();
+    }
+}
+
+fn status_name(status: pb::SensorStatus) -> &'static str {
+    match status {
+        pb::SensorStatus::Ok => "ok",
+        pb::SensorStatus::Stale => "stale",
+        pb::SensorStatus::Missing => "missing",
+        pb::SensorStatus::Ambiguous => "ambiguous",
+        pb::SensorStatus::Error => "error",
+        pb::SensorStatus::Unspecified => "unspecified",
+    }
+}
+
+/// `/metrics`, `/healthz` (the process answers) and `/readyz` (a first report exists).
+pub fn router(metrics: Arc<AgentMetrics>) -> Router {
+    let for_metrics = metrics.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = for_metrics.encode();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = metrics.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no report yet").into_response()
+                    }
+                }
+            }),
+        )
+}

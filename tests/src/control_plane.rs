@@ -1,0 +1,359 @@
+//! A real Kubernetes control plane: etcd + kube-apiserver (+ optionally the stock kube-scheduler),
+//! v1.20.2 built from Debian's source package by `scripts/build-kube.sh` and cached.
+//!
+//! No kubelet or controller-manager runs: nodes are plain Node objects whose status the fixture
+//! patches to Ready, and pods stay Pending after binding (but `spec.nodeName` is set).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Node, Taint};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+use crate::process::{cache_dir, free_tcp_port, require_program, ManagedProcess};
+
+/// Kubernetes version of the cached binaries.
+pub const KUBE_VERSION: &str = "v1.20.2";
+
+/// Where `scripts/build-kube.sh` caches the binaries.
+pub fn kube_bin_dir() -> PathBuf {
+    cache_dir().join(format!("kubernetes-{KUBE_VERSION}")).join("bin")
+}
+
+fn kube_binary(name: &str) -> Result<PathBuf> {
+    let path = kube_bin_dir().join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run scripts/build-kube.sh (scripts/test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Options for [`ControlPlane::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ControlPlaneOptions {
+    /// Also run the stock kube-scheduler (for comparisons and benchmarks).
+    pub kube_scheduler: bool,
+}
+
+/// A running control plane; everything stops on drop.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    etcd: ManagedProcess,
+    apiserver: Option<ManagedProcess>,
+    scheduler: Option<ManagedProcess>,
+    apiserver_args: Vec<String>,
+    port: u16,
+    admin_kubeconfig: PathBuf,
+}
+
+const ADMIN_TOKEN: &str = "wattwise-admin-token";
+const SCHEDULER_TOKEN: &str = "wattwise-kube-scheduler-token";
+
+impl ControlPlane {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(ControlPlaneOptions::default()).await
+    }
+
+    pub async fn start_with(options: ControlPlaneOptions) -> Result<Self> {
+        kube_binary("kube-apiserver")?; // fail before starting anything
+        let etcd_bin = require_program("etcd")?;
+        let dir = tempfile::Builder::new().prefix("wattwise-kube-").tempdir()?;
+        make_certificates(dir.path())?;
+        std::fs::write(
+            dir.path().join("tokens.csv"),
+            format!(
+                "{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n\
+                 {SCHEDULER_TOKEN},system:kube-scheduler,scheduler-uid\n"
+            ),
+        )?;
+
+        let (etcd_client, etcd_peer) = (free_tcp_port()?, free_tcp_port()?);
+        let mut cmd = Command::new(etcd_bin);
+        cmd.arg("--name=wattwise")
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"))
+            .arg(format!("--initial-cluster=wattwise=http://127.0.0.1:{etcd_peer}"))
+            .arg("--log-level=warn");
+        let etcd = ManagedProcess::spawn("etcd", cmd, dir.path())?;
+
+        let port = free_tcp_port()?;
+        let d = dir.path().display();
+        let apiserver_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            // 1.20 still opens an insecure port (8080) by default; parallel instances would clash.
+            "--insecure-port=0".into(),
+            format!("--cert-dir={d}"),
+            format!("--tls-cert-file={d}/server.crt"),
+            format!("--tls-private-key-file={d}/server.key"),
+            format!("--client-ca-file={d}/ca.crt"),
+            format!("--service-account-key-file={d}/sa.pub"),
+            format!("--service-account-signing-key-file={d}/sa.key"),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--token-auth-file={d}/tokens.csv"),
+            "--authorization-mode=Node,RBAC".into(),
+            // No controller-manager creates service accounts or untaints new nodes.
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+        ];
+        let admin_kubeconfig = dir.path().join("admin.kubeconfig");
+        write_kubeconfig(&admin_kubeconfig, dir.path(), port, "admin", ADMIN_TOKEN)?;
+        let mut plane = Self {
+            dir,
+            etcd,
+            apiserver: None,
+            scheduler: None,
+            apiserver_args,
+            port,
+            admin_kubeconfig,
+        };
+        plane.start_apiserver().await?;
+        if options.kube_scheduler {
+            plane.start_kube_scheduler().await?;
+        }
+        Ok(plane)
+    }
+
+    /// Starts (or restarts) kube-apiserver on the same port, certs and etcd, and waits until it
+    /// serves the `default` namespace.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        let mut cmd = Command::new(kube_binary("kube-apiserver")?);
+        cmd.args(&self.apiserver_args);
+        self.apiserver = Some(ManagedProcess::spawn("kube-apiserver", cmd, self.dir.path())?);
+        self.wait_apiserver_ready(Duration::from_secs(60)).await
+    }
+
+    /// Stops kube-apiserver (etcd keeps the state).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut p) = self.apiserver.take() {
+            p.stop();
+        }
+    }
+
+    async fn wait_apiserver_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.etcd.ensure_running()?;
+            if let Some(api) = self.apiserver.as_mut() {
+                api.ensure_running()?;
+            }
+            let last = match self.client().await {
+                Ok(client) => match Api::<Namespace>::all(client).get("default").await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let log = self.apiserver.as_ref().map(|p| p.log_tail(30)).unwrap_or_default();
+                bail!("kube-apiserver not ready within {timeout:?} ({last}); log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn start_kube_scheduler(&mut self) -> Result<()> {
+        let kubeconfig = self.dir.path().join("scheduler.kubeconfig");
+        write_kubeconfig(&kubeconfig, self.dir.path(), self.port, "system:kube-scheduler", SCHEDULER_TOKEN)?;
+        let mut cmd = Command::new(kube_binary("kube-scheduler")?);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_tcp_port()?))
+            .arg("--port=0");
+        let mut scheduler = ManagedProcess::spawn("kube-scheduler", cmd, self.dir.path())?;
+        // It has no readiness endpoint we can reach without client certs; a crash shows early.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        scheduler.ensure_running()?;
+        self.scheduler = Some(scheduler);
+        Ok(())
+    }
+
+    /// A kube-rs client with admin rights (from the generated kubeconfig, not the user's).
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.admin_kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .context("loading the generated kubeconfig")?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// An admin kubeconfig, usable by kubectl.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_pem_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    pub fn admin_token(&self) -> &str {
+        ADMIN_TOKEN
+    }
+
+    /// Creates a Node and patches its status to Ready with the given capacity.
+    pub async fn create_ready_node(&self, spec: &FakeNode) -> Result<Node> {
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": spec.name, "labels": spec.labels},
+            "spec": {"taints": spec.taints},
+        }))?;
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("creating node {}", spec.name))?;
+        let resources = BTreeMap::from([
+            ("cpu".to_string(), Quantity(format!("{}m", spec.cpu_millicores))),
+            ("memory".to_string(), Quantity(spec.memory_bytes.to_string())),
+            ("pods".to_string(), Quantity(spec.pods.to_string())),
+            ("ephemeral-storage".to_string(), Quantity("100Gi".into())),
+        ]);
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let status = serde_json::json!({
+            "status": {
+                "capacity": resources,
+                "allocatable": resources,
+                "conditions": [{
+                    "type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "fake node (wattwise test environment)",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now,
+                }],
+            }
+        });
+        nodes
+            .patch_status(&spec.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .with_context(|| format!("marking node {} Ready", spec.name))
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Clients first, then the store.
+        self.scheduler.take();
+        self.apiserver.take();
+        self.etcd.stop();
+    }
+}
+
+/// A Node object standing in for a machine (no kubelet).
+#[derive(Debug, Clone)]
+pub struct FakeNode {
+    pub name: String,
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+    pub pods: u32,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+impl FakeNode {
+    /// 4 CPUs, 16 GiB, 110 pods.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            cpu_millicores: 4000,
+            memory_bytes: 16 << 30,
+            pods: 110,
+            labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]),
+            taints: Vec::new(),
+        }
+    }
+
+    pub fn cpu(mut self, millicores: u64) -> Self {
+        self.cpu_millicores = millicores;
+        self
+    }
+
+    pub fn memory_gib(mut self, gib: u64) -> Self {
+        self.memory_bytes = gib << 30;
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn taint(mut self, key: &str, value: &str, effect: &str) -> Self {
+        self.taints.push(Taint {
+            key: key.to_string(),
+            value: Some(value.to_string()),
+            effect: effect.to_string(),
+            time_added: None,
+        });
+        self
+    }
+}
+
+/// A CA, a serving certificate for 127.0.0.1/localhost, and a service-account key pair.
+fn make_certificates(dir: &Path) -> Result<()> {
+    let openssl = require_program("openssl")?;
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n",
+    )?;
+    let steps: [&[&str]; 5] = [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+          "-days", "2", "-subj", "/CN=wattwise-test-ca"],
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+          "-subj", "/CN=kube-apiserver"],
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+          "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"],
+        &["genrsa", "-out", "sa.key", "2048"],
+        &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
+    ];
+    for args in steps {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_kubeconfig(path: &Path, dir: &Path, port: u16, user: &str, token: &str) -> Result<()> {
+    let ca = dir.join("ca.crt");
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters:\n- name: wattwise\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\n\
+             users:\n- name: {user}\n  user:\n    token: {token}\n\
+             contexts:\n- name: wattwise\n  context:\n    cluster: wattwise\n    user: {user}\n\
+             current-context: wattwise\n",
+            ca.display()
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
