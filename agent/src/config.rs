@@ -189,9 +189,10 @@ impl Default for EnergyConfig {
     }
 }
 
-/// Where the node's stored-energy percentage comes from.
+/// Where the node's stored-energy percentage comes from, e.g.
+/// `source: {type: power-supply, name: BAT0}`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EnergySourceConfig {
     /// No energy source: no level is reported.
     None,
@@ -277,7 +278,9 @@ impl AgentConfig {
         }
         self.validate_model()?;
         self.validate_energy()?;
-        if self.scheduler.backoff_min.is_zero() || self.scheduler.backoff_min > self.scheduler.backoff_max {
+        if self.scheduler.backoff_min.is_zero()
+            || self.scheduler.backoff_min > self.scheduler.backoff_max
+        {
             return Err(invalid(
                 "scheduler.backoff_min",
                 "must be > 0 and <= scheduler.backoff_max",
@@ -324,9 +327,15 @@ impl AgentConfig {
     fn validate_model(&self) -> Result<(), ConfigError> {
         let m = &self.model;
         if m.path.is_none() {
-            return Err(invalid("model.path", "required: the ONNX power model to run"));
+            return Err(invalid(
+                "model.path",
+                "required: the ONNX power model to run",
+            ));
         }
-        for (key, value) in [("model.idle_watts", m.idle_watts), ("model.peak_watts", m.peak_watts)] {
+        for (key, value) in [
+            ("model.idle_watts", m.idle_watts),
+            ("model.peak_watts", m.peak_watts),
+        ] {
             if let Some(w) = value {
                 if !w.is_finite() || w <= 0.0 || w > wattwise_core::curve::MAX_NODE_WATTS {
                     return Err(invalid(key, format!("{w} is not a plausible node wattage")));
@@ -357,9 +366,12 @@ impl AgentConfig {
             return Err(invalid("energy.interval", "must be at least 100ms"));
         }
         match &e.source {
-            EnergySourceConfig::Fixed { percent } if !(0.0..=100.0).contains(percent) => Err(
-                invalid("energy.source.fixed.percent", format!("{percent} is outside 0..=100")),
-            ),
+            EnergySourceConfig::Fixed { percent } if !(0.0..=100.0).contains(percent) => {
+                Err(invalid(
+                    "energy.source.fixed.percent",
+                    format!("{percent} is outside 0..=100"),
+                ))
+            }
             EnergySourceConfig::PowerSupply { name }
                 if name.is_empty() || name.contains('/') || name.starts_with('.') =>
             {
@@ -380,7 +392,6 @@ impl AgentConfig {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -409,7 +420,7 @@ bmc:
   sensors: {inlet: "Inlet Temp", cpu0: "CPU1 Temp", power: "Sys Power"}
 cpu: {source: file, file: /run/util, capacity_millicores: 8000}
 model: {path: /m.onnx, idle_watts: 80, peak_watts: 300}
-energy: {source: {power-supply: {name: BAT0}}, hysteresis_percent: 3, interval: 5s}
+energy: {source: {type: power-supply, name: BAT0}, hysteresis_percent: 3, interval: 5s}
 grpc: {listen: "127.0.0.1:9101"}
 scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
 "#,
@@ -422,7 +433,9 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
         assert_eq!(c.bmc.sensors["cpu0"], "CPU1 Temp");
         assert_eq!(
             c.energy.source,
-            EnergySourceConfig::PowerSupply { name: "BAT0".into() }
+            EnergySourceConfig::PowerSupply {
+                name: "BAT0".into()
+            }
         );
         assert_eq!(c.metrics.listen.port(), 9100, "default kept");
     }
@@ -435,15 +448,21 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
         assert!(err.contains("hots"), "{err}");
         let err = parse("bmc: {mode: serial}\n").unwrap_err();
         assert!(err.contains("serial"), "{err}");
+        let err = parse("energy: {source: {type: fixed, percnt: 3}}\n").unwrap_err();
+        assert!(err.contains("percnt"), "{err}");
         let err = parse("interval: soon\n").unwrap_err();
         assert!(err.contains("interval"), "{err}");
     }
 
     #[test]
     fn invalid_values_name_their_key() {
-        let cases: Vec<(Box<dyn Fn(&mut AgentConfig)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut AgentConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.node_name = None), "node_name"),
-            (Box::new(|c| c.interval = Duration::from_millis(1)), "interval"),
+            (
+                Box::new(|c| c.interval = Duration::from_millis(1)),
+                "interval",
+            ),
             (Box::new(|c| c.bmc.mode = BmcMode::Lan), "bmc.host"),
             (
                 Box::new(|c| {
@@ -453,7 +472,10 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
             ),
             (Box::new(|c| c.cpu.source = CpuSource::File), "cpu.file"),
             (Box::new(|c| c.model.path = None), "model.path"),
-            (Box::new(|c| c.model.peak_watts = Some(f64::NAN)), "model.peak_watts"),
+            (
+                Box::new(|c| c.model.peak_watts = Some(f64::NAN)),
+                "model.peak_watts",
+            ),
             (
                 Box::new(|c| {
                     c.model.idle_watts = Some(300.0);
@@ -461,7 +483,10 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
                 }),
                 "model.idle_watts",
             ),
-            (Box::new(|c| c.energy.hysteresis_percent = 9.0), "energy.hysteresis_percent"),
+            (
+                Box::new(|c| c.energy.hysteresis_percent = 9.0),
+                "energy.hysteresis_percent",
+            ),
             (
                 Box::new(|c| c.energy.source = EnergySourceConfig::Fixed { percent: 120.0 }),
                 "energy.source.fixed.percent",
@@ -475,7 +500,10 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
             let mut c = valid_base();
             mutate(&mut c);
             let err = c.validate().unwrap_err().to_string();
-            assert!(err.starts_with(&format!("config key `{key}`")), "{key}: {err}");
+            assert!(
+                err.starts_with(&format!("config key `{key}`")),
+                "{key}: {err}"
+            );
         }
     }
 }

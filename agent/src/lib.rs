@@ -2,7 +2,7 @@
 pub mod api;
 pub mod config;
 pub mod model;
-pub mod sensors;
 pub mod report;
 pub mod run;
+pub mod sensors;
 pub mod stream;

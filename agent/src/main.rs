@@ -9,7 +9,11 @@ use clap::Parser;
 use wattwise_agent::config::AgentConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "wattwise-agent", version, about = "wattwise node agent: IPMI + CPU + power model → marginal-power reports")]
+#[command(
+    name = "wattwise-agent",
+    version,
+    about = "wattwise node agent: IPMI + CPU + power model → marginal-power reports"
+)]
 struct Cli {
     /// YAML configuration file.
     #[arg(long, env = "WATTWISE_AGENT_CONFIG")]
@@ -63,7 +67,9 @@ impl Cli {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -61,7 +61,11 @@ impl ReportBuilder {
     }
 
     /// The next report; the sequence advances only when a report is produced.
-    pub fn build(&mut self, readings: &Readings, observed_at: SystemTime) -> Result<ValidatedReport, BuildError> {
+    pub fn build(
+        &mut self,
+        readings: &Readings,
+        observed_at: SystemTime,
+    ) -> Result<ValidatedReport, BuildError> {
         let conditions = Conditions {
             utilisation: readings.cpu.utilisation,
             inlet_celsius: readings.bmc.inlet_celsius(),
@@ -121,12 +125,13 @@ pub fn meaningful_change(sent: &ValidatedReport, next: &ValidatedReport) -> bool
             b.measured.as_ref().map_or(0.0, |m| m.watts),
         )
         || a.temperatures.len() != b.temperatures.len()
-        || a
-            .temperatures
-            .iter()
-            .zip(&b.temperatures)
-            .any(|(x, y)| x.role != y.role || x.index != y.index || (x.celsius - y.celsius).abs() >= CELSIUS_STEP)
+        || a.temperatures.iter().zip(&b.temperatures).any(|(x, y)| {
+            x.role != y.role || x.index != y.index || (x.celsius - y.celsius).abs() >= CELSIUS_STEP
+        })
         || sent.energy_level() != next.energy_level()
         || a.model != b.model
-        || a.sensors.iter().map(|s| (&s.role, s.status)).ne(b.sensors.iter().map(|s| (&s.role, s.status)))
+        || a.sensors
+            .iter()
+            .map(|s| (&s.role, s.status))
+            .ne(b.sensors.iter().map(|s| (&s.role, s.status)))
 }

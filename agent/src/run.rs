@@ -17,7 +17,7 @@ use crate::api::grpc::NodePowerService;
 use crate::api::metrics::{self, AgentMetrics};
 use crate::config::{AgentConfig, BmcMode, CpuSource};
 use crate::model::{NodeScale, PowerModel};
-use crate::report::{EnergyReading, ReportBuilder, Readings};
+use crate::report::{EnergyReading, Readings, ReportBuilder};
 use crate::sensors::bmc::BmcReadings;
 use crate::sensors::cpu::{CpuSensor, FileCpu, SysinfoCpu};
 use crate::sensors::energy::{EnergySource, EnergyTracker};
@@ -69,17 +69,22 @@ pub async fn run(
     };
     let (latest_tx, latest_rx) = watch::channel(None);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<NodePowerServer<NodePowerService>>().await;
+    health
+        .set_serving::<NodePowerServer<NodePowerService>>()
+        .await;
     let (reflection_v1, reflection_v1alpha) = wattwise_proto::reflection_services()?;
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(NodePowerServer::new(NodePowerService::new(latest_rx.clone())))
+            .add_service(NodePowerServer::new(NodePowerService::new(
+                latest_rx.clone(),
+            )))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
     );
-    let http = tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
+    let http =
+        tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
     let streamer = (!config.scheduler.endpoints.is_empty())
         .then(|| crate::stream::spawn(config.scheduler.clone(), latest_rx, metrics.clone()));
     info!(node = %node_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-agent serving");
@@ -148,12 +153,21 @@ fn cpu_sensor(config: &AgentConfig) -> Result<Box<dyn CpuSensor>> {
 }
 
 /// Reads the energy source on its own interval; the report loop takes the latest reading.
-fn start_energy(config: &AgentConfig, sys_root: &Path) -> Result<Arc<Mutex<Option<EnergyReading>>>> {
+fn start_energy(
+    config: &AgentConfig,
+    sys_root: &Path,
+) -> Result<Arc<Mutex<Option<EnergyReading>>>> {
     let latest = Arc::new(Mutex::new(None));
-    let Some(source) = EnergySource::from_config(&config.energy.source, sys_root, config.energy.interval)? else {
+    let Some(source) =
+        EnergySource::from_config(&config.energy.source, sys_root, config.energy.interval)?
+    else {
         return Ok(latest);
     };
-    let (writer, interval, band) = (latest.clone(), config.energy.interval, config.energy.hysteresis_percent);
+    let (writer, interval, band) = (
+        latest.clone(),
+        config.energy.interval,
+        config.energy.hysteresis_percent,
+    );
     tokio::spawn(async move {
         let mut tracker = EnergyTracker::new(band);
         let mut ticker = tokio::time::interval(interval);
@@ -169,7 +183,9 @@ fn start_energy(config: &AgentConfig, sys_root: &Path) -> Result<Arc<Mutex<Optio
                     *writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(reading);
                 }
                 // The last good level stays in reports: a flaky meter must not flip scheduling.
-                Err(e) => warn!(error = %e, "cannot read the energy source; keeping the last level"),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the energy source; keeping the last level")
+                }
             }
         }
     });

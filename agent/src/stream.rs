@@ -62,7 +62,11 @@ impl Backoff {
 }
 
 /// Keeps one stream per resolved scheduler address until the returned handle is aborted.
-pub fn spawn(config: SchedulerConfig, latest: LatestReport, metrics: Arc<AgentMetrics>) -> JoinHandle<()> {
+pub fn spawn(
+    config: SchedulerConfig,
+    latest: LatestReport,
+    metrics: Arc<AgentMetrics>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut streams: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
         loop {
@@ -81,7 +85,12 @@ pub fn spawn(config: SchedulerConfig, latest: LatestReport, metrics: Arc<AgentMe
                 for addr in addresses {
                     streams.entry(addr).or_insert_with(|| {
                         info!(endpoint = %addr, "streaming reports to scheduler");
-                        tokio::spawn(stream_forever(addr, config.clone(), latest.clone(), metrics.clone()))
+                        tokio::spawn(stream_forever(
+                            addr,
+                            config.clone(),
+                            latest.clone(),
+                            metrics.clone(),
+                        ))
                     });
                 }
             }
@@ -107,7 +116,12 @@ async fn resolve_all(endpoints: &[String]) -> Option<Vec<SocketAddr>> {
     Some(all)
 }
 
-async fn stream_forever(addr: SocketAddr, config: SchedulerConfig, latest: LatestReport, metrics: Arc<AgentMetrics>) {
+async fn stream_forever(
+    addr: SocketAddr,
+    config: SchedulerConfig,
+    latest: LatestReport,
+    metrics: Arc<AgentMetrics>,
+) {
     let endpoint = addr.to_string();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     loop {
@@ -151,7 +165,10 @@ async fn stream_once(
     if let Some(report) = &last_sent {
         let _ = outbound.try_send(report.report().clone());
     }
-    let mut acks = client.stream_reports(ReceiverStream::new(rx)).await?.into_inner();
+    let mut acks = client
+        .stream_reports(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     metrics.set_stream_connected(&endpoint, true);
     let mut interval = DEFAULT_REPORT_INTERVAL;
     let mut next_due = Instant::now() + interval;
@@ -208,7 +225,11 @@ mod tests {
         let bases = [100u64, 200, 400, 800, 800, 800];
         for (d, base) in delays.iter().zip(bases) {
             let base = Duration::from_millis(base);
-            assert!(*d >= base / 2 && *d <= base, "{d:?} not in [{:?}, {base:?}]", base / 2);
+            assert!(
+                *d >= base / 2 && *d <= base,
+                "{d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

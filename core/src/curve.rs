@@ -215,7 +215,10 @@ mod tests {
         assert!(m.exceeds_capacity);
         assert_eq!(m.utilisation_after, 1.0);
         assert!((m.watts.0 - 20.0).abs() < 1e-9);
-        assert!(c.marginal(0.0, 0, 1).exceeds_capacity, "zero capacity never fits");
+        assert!(
+            c.marginal(0.0, 0, 1).exceeds_capacity,
+            "zero capacity never fits"
+        );
     }
 
     #[test]

@@ -147,14 +147,32 @@ mod tests {
         use EnergyLevel::*;
         let band = 2.0;
         // Vulnerable stays vulnerable at 76 % and 39 %; leaves past the band.
-        assert_eq!(EnergyLevel::with_hysteresis(Some(Vulnerable), 76.0, band), Vulnerable);
-        assert_eq!(EnergyLevel::with_hysteresis(Some(Vulnerable), 77.5, band), WellPowered);
-        assert_eq!(EnergyLevel::with_hysteresis(Some(Vulnerable), 39.0, band), Vulnerable);
-        assert_eq!(EnergyLevel::with_hysteresis(Some(Vulnerable), 37.0, band), LowPowered);
+        assert_eq!(
+            EnergyLevel::with_hysteresis(Some(Vulnerable), 76.0, band),
+            Vulnerable
+        );
+        assert_eq!(
+            EnergyLevel::with_hysteresis(Some(Vulnerable), 77.5, band),
+            WellPowered
+        );
+        assert_eq!(
+            EnergyLevel::with_hysteresis(Some(Vulnerable), 39.0, band),
+            Vulnerable
+        );
+        assert_eq!(
+            EnergyLevel::with_hysteresis(Some(Vulnerable), 37.0, band),
+            LowPowered
+        );
         // A large jump lands on the raw level, not a neighbour.
-        assert_eq!(EnergyLevel::with_hysteresis(Some(WellPowered), 5.0, band), Powerless);
+        assert_eq!(
+            EnergyLevel::with_hysteresis(Some(WellPowered), 5.0, band),
+            Powerless
+        );
         assert_eq!(EnergyLevel::with_hysteresis(None, 76.0, band), WellPowered);
-        assert_eq!(EnergyLevel::with_hysteresis(Some(WellPowered), 100.0, band), WellPowered);
+        assert_eq!(
+            EnergyLevel::with_hysteresis(Some(WellPowered), 100.0, band),
+            WellPowered
+        );
     }
 
     #[test]

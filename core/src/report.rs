@@ -218,7 +218,10 @@ fn check_dns_subdomain(field: &str, name: &str) -> Result<(), ReportError> {
         return Err(err(field, Problem::Missing));
     }
     if name.len() > 253 {
-        return Err(invalid(field, format!("is {} bytes; at most 253", name.len())));
+        return Err(invalid(
+            field,
+            format!("is {} bytes; at most 253", name.len()),
+        ));
     }
     let label_ok = |label: &str| {
         !label.is_empty()
@@ -268,7 +271,9 @@ fn check_temperatures(temperatures: &[pb::Temperature]) -> Result<(), ReportErro
     for (i, t) in temperatures.iter().enumerate() {
         let field = |name: &str| format!("temperatures[{i}].{name}");
         match pb::TemperatureRole::try_from(t.role) {
-            Ok(pb::TemperatureRole::Unspecified) => return Err(err(field("role"), Problem::Missing)),
+            Ok(pb::TemperatureRole::Unspecified) => {
+                return Err(err(field("role"), Problem::Missing))
+            }
             Ok(_) => {}
             Err(_) => return Err(invalid(field("role"), format!("unknown role {}", t.role))),
         }
@@ -332,7 +337,12 @@ fn check_energy(energy: Option<&pb::EnergyState>) -> Result<Option<EnergyLevel>,
     let level = pb::EnergyLevel::try_from(e.level)
         .ok()
         .and_then(EnergyLevel::from_proto)
-        .ok_or_else(|| invalid("energy.level", format!("{} is not an energy level", e.level)))?;
+        .ok_or_else(|| {
+            invalid(
+                "energy.level",
+                format!("{} is not an energy level", e.level),
+            )
+        })?;
     // Hysteresis may hold a level up to MAX_HYSTERESIS_PERCENT past its boundary, no further.
     let reachable = [
         e.percent - MAX_HYSTERESIS_PERCENT,
@@ -454,7 +464,11 @@ mod tests {
         let answer = v.predict_marginal(&[1000, 4000, 16_000]);
         assert_eq!(answer.report_sequence, 1);
         assert!((answer.base_watts - 137.5).abs() < 1e-9);
-        let watts: Vec<f64> = answer.predictions.iter().map(|p| p.marginal_watts).collect();
+        let watts: Vec<f64> = answer
+            .predictions
+            .iter()
+            .map(|p| p.marginal_watts)
+            .collect();
         assert!((watts[0] - 150.0 / 16.0).abs() < 1e-9, "{watts:?}");
         assert!((watts[1] - 37.5).abs() < 1e-9, "{watts:?}");
         assert!(answer.predictions[2].exceeds_capacity);
@@ -473,12 +487,22 @@ mod tests {
 
     #[test]
     fn every_rule_names_its_field() {
-        let cases: Vec<(Box<dyn FnOnce(&mut pb::NodeReport)>, &str)> = vec![
-            (Box::new(|r| r.node_name = "Node_3".into()), "node_name: \"Node_3\" is not"),
+        type Mutation = Box<dyn FnOnce(&mut pb::NodeReport)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|r| r.node_name = "Node_3".into()),
+                "node_name: \"Node_3\" is not",
+            ),
             (Box::new(|r| r.node_name.clear()), "node_name: is required"),
-            (Box::new(|r| r.agent_instance.clear()), "agent_instance: is required"),
+            (
+                Box::new(|r| r.agent_instance.clear()),
+                "agent_instance: is required",
+            ),
             (Box::new(|r| r.sequence = 0), "sequence: must start at 1"),
-            (Box::new(|r| r.observed_at = None), "observed_at: is required"),
+            (
+                Box::new(|r| r.observed_at = None),
+                "observed_at: is required",
+            ),
             (Box::new(|r| r.cpu = None), "cpu: is required"),
             (
                 Box::new(|r| r.cpu.as_mut().unwrap().capacity_millicores = 0),

@@ -48,16 +48,22 @@ impl AgentProcess {
 
     /// Starts the agent without waiting: for tests of startup failures and slow peers.
     pub fn spawn(config_yaml: &str, env: &[(&str, &str)]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("wattwise-agent-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("wattwise-agent-")
+            .tempdir()?;
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
         let config = dir.path().join("agent.yaml");
         std::fs::write(
             &config,
-            format!("{config_yaml}\ngrpc: {{listen: \"{grpc}\"}}\nmetrics: {{listen: \"{metrics}\"}}\n"),
+            format!(
+                "{config_yaml}\ngrpc: {{listen: \"{grpc}\"}}\nmetrics: {{listen: \"{metrics}\"}}\n"
+            ),
         )?;
         let mut cmd = Command::new(workspace_binary("wattwise-agent")?);
-        cmd.arg("--config").arg(&config).env("RUST_LOG", "info,wattwise_agent=debug");
+        cmd.arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,wattwise_agent=debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -67,7 +73,9 @@ impl AgentProcess {
             grpc,
             metrics,
             dir,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
         })
     }
 
@@ -81,7 +89,10 @@ impl AgentProcess {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("agent not ready within {timeout:?}; log:\n{}", self.log_tail(40));
+                bail!(
+                    "agent not ready within {timeout:?}; log:\n{}",
+                    self.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -92,7 +103,10 @@ impl AgentProcess {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.process.is_running() {
             if tokio::time::Instant::now() >= deadline {
-                bail!("agent still running after {timeout:?}; log:\n{}", self.log_tail(40));
+                bail!(
+                    "agent still running after {timeout:?}; log:\n{}",
+                    self.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

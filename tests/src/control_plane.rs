@@ -23,7 +23,9 @@ pub const KUBE_VERSION: &str = "v1.20.2";
 
 /// Where `scripts/build-kube.sh` caches the binaries.
 pub fn kube_bin_dir() -> PathBuf {
-    cache_dir().join(format!("kubernetes-{KUBE_VERSION}")).join("bin")
+    cache_dir()
+        .join(format!("kubernetes-{KUBE_VERSION}"))
+        .join("bin")
 }
 
 fn kube_binary(name: &str) -> Result<PathBuf> {
@@ -66,7 +68,9 @@ impl ControlPlane {
     pub async fn start_with(options: ControlPlaneOptions) -> Result<Self> {
         kube_binary("kube-apiserver")?; // fail before starting anything
         let etcd_bin = require_program("etcd")?;
-        let dir = tempfile::Builder::new().prefix("wattwise-kube-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("wattwise-kube-")
+            .tempdir()?;
         make_certificates(dir.path())?;
         std::fs::write(
             dir.path().join("tokens.csv"),
@@ -80,11 +84,19 @@ impl ControlPlane {
         let mut cmd = Command::new(etcd_bin);
         cmd.arg("--name=wattwise")
             .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{etcd_client}"
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"))
-            .arg(format!("--initial-cluster=wattwise=http://127.0.0.1:{etcd_peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+            ))
+            .arg(format!(
+                "--initial-cluster=wattwise=http://127.0.0.1:{etcd_peer}"
+            ))
             .arg("--log-level=warn");
         let etcd = ManagedProcess::spawn("etcd", cmd, dir.path())?;
 
@@ -133,7 +145,11 @@ impl ControlPlane {
     pub async fn start_apiserver(&mut self) -> Result<()> {
         let mut cmd = Command::new(kube_binary("kube-apiserver")?);
         cmd.args(&self.apiserver_args);
-        self.apiserver = Some(ManagedProcess::spawn("kube-apiserver", cmd, self.dir.path())?);
+        self.apiserver = Some(ManagedProcess::spawn(
+            "kube-apiserver",
+            cmd,
+            self.dir.path(),
+        )?);
         self.wait_apiserver_ready(Duration::from_secs(60)).await
     }
 
@@ -159,7 +175,11 @@ impl ControlPlane {
                 Err(e) => format!("{e:#}"),
             };
             if tokio::time::Instant::now() >= deadline {
-                let log = self.apiserver.as_ref().map(|p| p.log_tail(30)).unwrap_or_default();
+                let log = self
+                    .apiserver
+                    .as_ref()
+                    .map(|p| p.log_tail(30))
+                    .unwrap_or_default();
                 bail!("kube-apiserver not ready within {timeout:?} ({last}); log:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -168,11 +188,23 @@ impl ControlPlane {
 
     async fn start_kube_scheduler(&mut self) -> Result<()> {
         let kubeconfig = self.dir.path().join("scheduler.kubeconfig");
-        write_kubeconfig(&kubeconfig, self.dir.path(), self.port, "system:kube-scheduler", SCHEDULER_TOKEN)?;
+        write_kubeconfig(
+            &kubeconfig,
+            self.dir.path(),
+            self.port,
+            "system:kube-scheduler",
+            SCHEDULER_TOKEN,
+        )?;
         let mut cmd = Command::new(kube_binary("kube-scheduler")?);
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--authentication-kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--authorization-kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                kubeconfig.display()
+            ))
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_tcp_port()?))
@@ -188,9 +220,10 @@ impl ControlPlane {
     /// A kube-rs client with admin rights (from the generated kubeconfig, not the user's).
     pub async fn client(&self) -> Result<Client> {
         let kubeconfig = Kubeconfig::read_from(&self.admin_kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .context("loading the generated kubeconfig")?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .context("loading the generated kubeconfig")?;
         Ok(Client::try_from(config)?)
     }
 
@@ -225,8 +258,14 @@ impl ControlPlane {
             .await
             .with_context(|| format!("creating node {}", spec.name))?;
         let resources = BTreeMap::from([
-            ("cpu".to_string(), Quantity(format!("{}m", spec.cpu_millicores))),
-            ("memory".to_string(), Quantity(spec.memory_bytes.to_string())),
+            (
+                "cpu".to_string(),
+                Quantity(format!("{}m", spec.cpu_millicores)),
+            ),
+            (
+                "memory".to_string(),
+                Quantity(spec.memory_bytes.to_string()),
+            ),
             ("pods".to_string(), Quantity(spec.pods.to_string())),
             ("ephemeral-storage".to_string(), Quantity("100Gi".into())),
         ]);
@@ -316,12 +355,50 @@ fn make_certificates(dir: &Path) -> Result<()> {
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n",
     )?;
     let steps: [&[&str]; 5] = [
-        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-          "-days", "2", "-subj", "/CN=wattwise-test-ca"],
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-          "-subj", "/CN=kube-apiserver"],
-        &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-          "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"],
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=wattwise-test-ca",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
         &["genrsa", "-out", "sa.key", "2048"],
         &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
     ];

@@ -37,7 +37,11 @@ impl Grpcurl {
     }
 
     /// Calls a unary method with a JSON request and returns the JSON response.
-    pub async fn call(&self, method: &str, request: &serde_json::Value) -> Result<serde_json::Value> {
+    pub async fn call(
+        &self,
+        method: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
         let out = self.run(&["-d", &request.to_string()], &[method]).await?;
         serde_json::from_str(&out).with_context(|| format!("{method} answered non-JSON: {out}"))
     }

@@ -7,9 +7,9 @@
 //! - [`prometheus`]: Debian's Prometheus with a generated scrape config, and a query helper.
 //! - [`grpcurl`]: the real grpcurl binary as an external gRPC client.
 pub mod agent;
-pub mod process;
 pub mod bmc;
 pub mod control_plane;
 pub mod grpcurl;
 pub mod onnx;
+pub mod process;
 pub mod prometheus;

@@ -85,7 +85,11 @@ impl ManagedProcess {
 
     /// The exit code once the process has exited (None while running or when killed by a signal).
     pub fn exit_code(&mut self) -> Option<i32> {
-        self.child.try_wait().ok().flatten().and_then(|status| status.code())
+        self.child
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|status| status.code())
     }
 
     /// Fails with the log tail if the process has exited.
@@ -207,7 +211,9 @@ pub fn require_program(program: &str) -> Result<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .with_context(|| {
-            format!("`{program}` is not on PATH: run scripts/install-deps.sh (the test command does)")
+            format!(
+                "`{program}` is not on PATH: run scripts/install-deps.sh (the test command does)"
+            )
         })
 }
 
@@ -259,6 +265,23 @@ pub fn pid_alive(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// Live (non-zombie) processes whose process group is `pgid`.
+    fn live_group_members(pgid: u32) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // After "(comm)": state, ppid, pgrp.
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, rest)| rest.split_whitespace().collect())
+                    .unwrap_or_default();
+                fields.get(2) == Some(&pgid.to_string().as_str()) && pid_alive(*pid)
+            })
+            .collect()
+    }
+
     fn sleeper(dir: &Path) -> ManagedProcess {
         let mut cmd = Command::new("sh");
         // A child of the child: stopping must take the whole group.
@@ -282,9 +305,12 @@ mod tests {
         let pid = *pid.lock().unwrap();
         assert!(pid > 0);
         assert!(!pid_alive(pid), "leader {pid} survived the unwinding drop");
-        // The background `sleep` was in the same group; no process of the group remains.
-        let group_left = unsafe { libc::kill(-(pid as i32), 0) } == 0;
-        assert!(!group_left, "process group {pid} still has members");
+        // The background `sleep` was in the same group; no live process of the group remains.
+        let members = live_group_members(pid);
+        assert!(
+            members.is_empty(),
+            "process group {pid} still has {members:?}"
+        );
     }
 
     #[test]

@@ -45,14 +45,8 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             // Console templates are not installed with Debian's package at the default paths.
-            .arg(format!(
-                "--web.console.templates={}",
-                dir.path().display()
-            ))
-            .arg(format!(
-                "--web.console.libraries={}",
-                dir.path().display()
-            ));
+            .arg(format!("--web.console.templates={}", dir.path().display()))
+            .arg(format!("--web.console.libraries={}", dir.path().display()));
         let process = ManagedProcess::spawn("prometheus", cmd, dir.path())?;
         let mut prometheus = Self {
             process,
@@ -76,10 +70,7 @@ impl Prometheus {
         .await;
         if let Err(e) = result {
             self.process.ensure_running()?;
-            return Err(e.context(format!(
-                "prometheus log:\n{}",
-                self.process.log_tail(20)
-            )));
+            return Err(e.context(format!("prometheus log:\n{}", self.process.log_tail(20))));
         }
         Ok(())
     }
@@ -112,14 +103,18 @@ impl Prometheus {
         }
         let data = response.data.context("success without data")?;
         if data.result_type != "vector" {
-            bail!("query {promql} returned a {}, not a vector", data.result_type);
+            bail!(
+                "query {promql} returned a {}, not a vector",
+                data.result_type
+            );
         }
         data.result
             .into_iter()
             .map(|s| {
-                let value = s.value.1.parse::<f64>().with_context(|| {
-                    format!("prometheus value {:?} is not a number", s.value.1)
-                })?;
+                let value =
+                    s.value.1.parse::<f64>().with_context(|| {
+                        format!("prometheus value {:?} is not a number", s.value.1)
+                    })?;
                 Ok(Sample {
                     labels: s.metric,
                     value,

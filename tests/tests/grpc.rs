@@ -29,8 +29,8 @@ impl NodePower for FixedReport {
         &self,
         request: Request<pb::PredictMarginalRequest>,
     ) -> Result<Response<pb::PredictMarginalResponse>, Status> {
-        let report = wattwise_core::validate(self.0.clone())
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let report =
+            wattwise_core::validate(self.0.clone()).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(
             report.predict_marginal(&request.into_inner().cpu_millicores),
         ))

@@ -34,14 +34,18 @@ async fn serve_metrics(body: String) -> String {
 #[tokio::test]
 async fn prometheus_scrapes_an_endpoint_and_answers_queries() {
     // A value this run alone knows, so nothing but a real scrape can produce it.
-    let value = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() % 100_000) as f64
+    let value = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        % 100_000) as f64
         + 0.5;
     let target = serve_metrics(format!(
         "# TYPE wattwise_smoke_watts gauge\nwattwise_smoke_watts{{node=\"node-a\"}} {value}\n\
          # TYPE wattwise_smoke_events counter\nwattwise_smoke_events_total 3\n"
     ))
     .await;
-    let prometheus = Prometheus::start(&[target.clone()], Duration::from_millis(500))
+    let prometheus = Prometheus::start(std::slice::from_ref(&target), Duration::from_millis(500))
         .await
         .unwrap();
 
@@ -54,11 +58,17 @@ async fn prometheus_scrapes_an_endpoint_and_answers_queries() {
     assert_eq!(sample.labels["instance"], target);
 
     let up = prometheus
-        .wait_for_sample(&format!("up{{instance=\"{target}\"}}"), Duration::from_secs(5))
+        .wait_for_sample(
+            &format!("up{{instance=\"{target}\"}}"),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(up.value, 1.0);
-    let counter = prometheus.query("wattwise_smoke_events_total").await.unwrap();
+    let counter = prometheus
+        .query("wattwise_smoke_events_total")
+        .await
+        .unwrap();
     assert_eq!(counter.len(), 1);
     assert_eq!(counter[0].value, 3.0);
 }
@@ -70,11 +80,14 @@ async fn a_dead_target_is_reported_down_and_bad_promql_is_an_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let prometheus = Prometheus::start(&[dead.clone()], Duration::from_millis(500))
+    let prometheus = Prometheus::start(std::slice::from_ref(&dead), Duration::from_millis(500))
         .await
         .unwrap();
     let up = prometheus
-        .wait_for_sample(&format!("up{{instance=\"{dead}\"}}"), Duration::from_secs(20))
+        .wait_for_sample(
+            &format!("up{{instance=\"{dead}\"}}"),
+            Duration::from_secs(20),
+        )
         .await
         .unwrap();
     assert_eq!(up.value, 0.0);

@@ -198,17 +198,31 @@ mod tests {
     fn report_parts_follow_the_roles() {
         let mut b = BmcReadings::none();
         b.power_path = PowerPath::Dcmi;
-        b.roles.insert(Role::Inlet, ok(22.0, "Inlet Temp", pb::ReadingSource::SdrSensor));
-        b.roles.insert(Role::Cpu(1), ok(61.0, "CPU2 Temp", pb::ReadingSource::SdrSensor));
-        b.roles.insert(Role::Power, ok(180.0, "", pb::ReadingSource::Dcmi));
+        b.roles.insert(
+            Role::Inlet,
+            ok(22.0, "Inlet Temp", pb::ReadingSource::SdrSensor),
+        );
+        b.roles.insert(
+            Role::Cpu(1),
+            ok(61.0, "CPU2 Temp", pb::ReadingSource::SdrSensor),
+        );
+        b.roles
+            .insert(Role::Power, ok(180.0, "", pb::ReadingSource::Dcmi));
         assert_eq!(b.inlet_celsius(), Some(22.0));
-        assert_eq!(b.cpu_celsius(), vec![None, Some(61.0)], "socket 0 has no reading");
+        assert_eq!(
+            b.cpu_celsius(),
+            vec![None, Some(61.0)],
+            "socket 0 has no reading"
+        );
         let temps = b.temperatures();
         assert_eq!(temps.len(), 2);
         assert_eq!(temps[1].index, 1);
         assert_eq!(b.measured().watts, 180.0);
         assert_eq!(b.measured().source, pb::ReadingSource::Dcmi as i32);
         assert_eq!(b.health().len(), 3);
-        assert_eq!(BmcReadings::none().measured().source, pb::ReadingSource::None as i32);
+        assert_eq!(
+            BmcReadings::none().measured().source,
+            pb::ReadingSource::None as i32
+        );
     }
 }

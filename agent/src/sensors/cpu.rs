@@ -130,9 +130,17 @@ mod tests {
         std::fs::write(&path, "0.42\n").unwrap();
         assert_eq!(cpu.sample().unwrap().utilisation, 0.42);
         std::fs::write(&path, "1.5").unwrap();
-        assert!(cpu.sample().unwrap_err().to_string().contains("outside 0..=1"));
+        assert!(cpu
+            .sample()
+            .unwrap_err()
+            .to_string()
+            .contains("outside 0..=1"));
         std::fs::write(&path, "lots").unwrap();
-        assert!(cpu.sample().unwrap_err().to_string().contains("not a number"));
+        assert!(cpu
+            .sample()
+            .unwrap_err()
+            .to_string()
+            .contains("not a number"));
     }
 
     #[test]

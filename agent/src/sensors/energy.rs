@@ -12,17 +12,30 @@ use crate::config::EnergySourceConfig;
 #[derive(Debug, Error)]
 pub enum EnergyError {
     #[error("energy source {source_name}: {problem}")]
-    Read { source_name: String, problem: String },
+    Read {
+        source_name: String,
+        problem: String,
+    },
 }
 
 /// Where the percentage is read from. `None` in the config builds no source at all.
 #[derive(Debug)]
 pub enum EnergySource {
     /// `<sysfs>/class/power_supply/<name>/capacity`.
-    PowerSupply { name: String, capacity_file: PathBuf },
-    File { path: PathBuf },
-    Http { url: String, client: reqwest::Client },
-    Fixed { percent: f64 },
+    PowerSupply {
+        name: String,
+        capacity_file: PathBuf,
+    },
+    File {
+        path: PathBuf,
+    },
+    Http {
+        url: String,
+        client: reqwest::Client,
+    },
+    Fixed {
+        percent: f64,
+    },
 }
 
 impl EnergySource {
@@ -71,11 +84,13 @@ impl EnergySource {
     pub async fn read_percent(&self) -> Result<f64, EnergyError> {
         let text = match self {
             EnergySource::Fixed { percent } => return Ok(*percent),
-            EnergySource::PowerSupply { capacity_file: path, .. } | EnergySource::File { path } => {
-                tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| self.error(format!("{}: {e}", path.display())))?
+            EnergySource::PowerSupply {
+                capacity_file: path,
+                ..
             }
+            | EnergySource::File { path } => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| self.error(format!("{}: {e}", path.display())))?,
             EnergySource::Http { url, client } => {
                 let response = client
                     .get(url)
@@ -83,7 +98,10 @@ impl EnergySource {
                     .await
                     .and_then(|r| r.error_for_status())
                     .map_err(|e| self.error(e.to_string()))?;
-                response.text().await.map_err(|e| self.error(e.to_string()))?
+                response
+                    .text()
+                    .await
+                    .map_err(|e| self.error(e.to_string()))?
             }
         };
         let percent = parse_percent(&text).map_err(|problem| self.error(problem))?;
@@ -150,10 +168,20 @@ mod tests {
         let dir = sys.path().join("class/power_supply/BAT0");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("capacity"), "63\n").unwrap();
-        let s = source(EnergySourceConfig::PowerSupply { name: "BAT0".into() }, sys.path());
+        let s = source(
+            EnergySourceConfig::PowerSupply {
+                name: "BAT0".into(),
+            },
+            sys.path(),
+        );
         assert_eq!(s.read_percent().await.unwrap(), 63.0);
         assert_eq!(s.name(), "power_supply:BAT0");
-        let missing = source(EnergySourceConfig::PowerSupply { name: "UPS1".into() }, sys.path());
+        let missing = source(
+            EnergySourceConfig::PowerSupply {
+                name: "UPS1".into(),
+            },
+            sys.path(),
+        );
         let err = missing.read_percent().await.unwrap_err().to_string();
         assert!(err.starts_with("energy source power_supply:UPS1:"), "{err}");
     }
@@ -170,9 +198,13 @@ mod tests {
         assert!(err.contains("140 is not a percentage"), "{err}");
         let fixed = source(EnergySourceConfig::Fixed { percent: 80.0 }, dir.path());
         assert_eq!(fixed.read_percent().await.unwrap(), 80.0);
-        assert!(EnergySource::from_config(&EnergySourceConfig::None, dir.path(), Duration::from_secs(1))
-            .unwrap()
-            .is_none());
+        assert!(EnergySource::from_config(
+            &EnergySourceConfig::None,
+            dir.path(),
+            Duration::from_secs(1)
+        )
+        .unwrap()
+        .is_none());
     }
 
     #[tokio::test]
@@ -181,20 +213,33 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/plain", axum::routing::get(|| async { "55.5" }))
-            .route("/json", axum::routing::get(|| async { r#"{"percent": 30}"# }))
+            .route(
+                "/json",
+                axum::routing::get(|| async { r#"{"percent": 30}"# }),
+            )
             .route("/broken", axum::routing::get(|| async { "full" }));
         tokio::spawn(async move { axum::serve(listener, app).await });
         let read = |path: &str| {
             let s = source(
-                EnergySourceConfig::Http { url: format!("http://{addr}{path}") },
+                EnergySourceConfig::Http {
+                    url: format!("http://{addr}{path}"),
+                },
                 Path::new("/"),
             );
             async move { s.read_percent().await }
         };
         assert_eq!(read("/plain").await.unwrap(), 55.5);
         assert_eq!(read("/json").await.unwrap(), 30.0);
-        assert!(read("/broken").await.unwrap_err().to_string().contains("\"full\""));
-        assert!(read("/absent").await.unwrap_err().to_string().contains("404"));
+        assert!(read("/broken")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("\"full\""));
+        assert!(read("/absent")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("404"));
     }
 
     #[test]

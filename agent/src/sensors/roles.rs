@@ -204,7 +204,10 @@ fn cpus_by_instance(sensors: &[SdrSensor], candidates: Vec<usize>) -> BTreeMap<R
         .enumerate()
         .map(|(socket, group)| {
             let role = Role::Cpu(socket as u8);
-            (role, narrow(sensors, group, Evidence::Entity, CPU_TEMP_WORDS))
+            (
+                role,
+                narrow(sensors, group, Evidence::Entity, CPU_TEMP_WORDS),
+            )
         })
         .collect()
 }
@@ -284,7 +287,12 @@ const POWER_NAMES: &[&str] = &[
 const CPU_TEMP_WORDS: &[&str] = &["temp", "cpu temp", "cpu"];
 
 /// Several structured candidates: keep the unique one whose name matches a preferred name.
-fn narrow(sensors: &[SdrSensor], candidates: Vec<usize>, by: Evidence, preferred: &[&str]) -> Assignment {
+fn narrow(
+    sensors: &[SdrSensor],
+    candidates: Vec<usize>,
+    by: Evidence,
+    preferred: &[&str],
+) -> Assignment {
     if let [only] = candidates.as_slice() {
         return Assignment::Found { sensor: *only, by };
     }
@@ -327,7 +335,10 @@ fn by_name(sensors: &[SdrSensor], candidates: &[usize], preferred: &[&str]) -> A
 
 fn ambiguous(sensors: &[SdrSensor], candidates: &[usize]) -> Assignment {
     Assignment::Ambiguous {
-        candidates: candidates.iter().map(|&i| sensors[i].name.clone()).collect(),
+        candidates: candidates
+            .iter()
+            .map(|&i| sensors[i].name.clone())
+            .collect(),
     }
 }
 
@@ -380,11 +391,23 @@ mod tests {
             watts("Pwr Consumption", ENTITY_SYSTEM_BOARD),
         ];
         let map = assign_roles(&sensors, &BTreeMap::new());
-        assert_eq!(found_name(&sensors, &map, Role::Inlet).as_deref(), Some("Inlet Temp"));
+        assert_eq!(
+            found_name(&sensors, &map, Role::Inlet).as_deref(),
+            Some("Inlet Temp")
+        );
         assert_eq!(map.sensor(Role::Cpu(0)), Some(2));
         assert_eq!(map.sensor(Role::Cpu(1)), Some(3));
-        assert_eq!(found_name(&sensors, &map, Role::Power).as_deref(), Some("Pwr Consumption"));
-        assert!(matches!(map.roles[&Role::Cpu(0)], Assignment::Found { by: Evidence::Entity, .. }));
+        assert_eq!(
+            found_name(&sensors, &map, Role::Power).as_deref(),
+            Some("Pwr Consumption")
+        );
+        assert!(matches!(
+            map.roles[&Role::Cpu(0)],
+            Assignment::Found {
+                by: Evidence::Entity,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -399,10 +422,22 @@ mod tests {
             watts("Sys Power", ENTITY_SYSTEM_BOARD),
         ];
         let map = assign_roles(&sensors, &BTreeMap::new());
-        assert_eq!(found_name(&sensors, &map, Role::Inlet).as_deref(), Some("Ambient Temp"));
-        assert_eq!(found_name(&sensors, &map, Role::Cpu(0)).as_deref(), Some("CPU1 Temp"));
-        assert_eq!(found_name(&sensors, &map, Role::Cpu(1)).as_deref(), Some("CPU2 Temp"));
-        assert_eq!(found_name(&sensors, &map, Role::Power).as_deref(), Some("Sys Power"));
+        assert_eq!(
+            found_name(&sensors, &map, Role::Inlet).as_deref(),
+            Some("Ambient Temp")
+        );
+        assert_eq!(
+            found_name(&sensors, &map, Role::Cpu(0)).as_deref(),
+            Some("CPU1 Temp")
+        );
+        assert_eq!(
+            found_name(&sensors, &map, Role::Cpu(1)).as_deref(),
+            Some("CPU2 Temp")
+        );
+        assert_eq!(
+            found_name(&sensors, &map, Role::Power).as_deref(),
+            Some("Sys Power")
+        );
     }
 
     #[test]
@@ -421,7 +456,10 @@ mod tests {
         let map = assign_roles(&sensors, &BTreeMap::new());
         assert_eq!(map.sensor(Role::Cpu(0)), Some(0));
         assert_eq!(map.sensor(Role::Cpu(1)), Some(1));
-        let by_instance = vec![temp("T", ENTITY_PROCESSOR, 0), temp("T", ENTITY_PROCESSOR, 1)];
+        let by_instance = vec![
+            temp("T", ENTITY_PROCESSOR, 0),
+            temp("T", ENTITY_PROCESSOR, 1),
+        ];
         let map = assign_roles(&by_instance, &BTreeMap::new());
         assert_eq!(map.sensor(Role::Cpu(0)), Some(0));
         assert_eq!(map.sensor(Role::Cpu(1)), Some(1));
@@ -454,7 +492,10 @@ mod tests {
                 candidates: vec!["PSU1 Input".into(), "PSU2 Input".into()]
             }
         );
-        assert!(!map.roles.contains_key(&Role::Cpu(0)), "no CPU sensors, no CPU roles");
+        assert!(
+            !map.roles.contains_key(&Role::Cpu(0)),
+            "no CPU sensors, no CPU roles"
+        );
         let none = assign_roles(&[], &BTreeMap::new());
         assert_eq!(none.roles[&Role::Inlet], Assignment::Missing);
         assert_eq!(none.roles[&Role::Power], Assignment::Missing);
@@ -475,12 +516,17 @@ mod tests {
         let map = assign_roles(&sensors, &configured);
         assert_eq!(
             map.roles[&Role::Power],
-            Assignment::Found { sensor: 1, by: Evidence::Config }
+            Assignment::Found {
+                sensor: 1,
+                by: Evidence::Config
+            }
         );
         assert_eq!(map.sensor(Role::Inlet), Some(2));
         assert_eq!(
             map.roles[&Role::Cpu(0)],
-            Assignment::ConfiguredAbsent { name: "CPU0 Temp".into() }
+            Assignment::ConfiguredAbsent {
+                name: "CPU0 Temp".into()
+            }
         );
     }
 

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use wattwise_testenv::process::{pid_alive, processes_of_run, RUN_ID_ENV};
 
 fn main() -> ExitCode {
-    let Some(run_id) = std::env::args().nth(1).or_else(|| std::env::var(RUN_ID_ENV).ok()) else {
+    let Some(run_id) = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var(RUN_ID_ENV).ok())
+    else {
         eprintln!("usage: wattwise-testenv-leaks RUN_ID (or set {RUN_ID_ENV})");
         return ExitCode::from(2);
     };
@@ -23,7 +26,10 @@ fn main() -> ExitCode {
         println!("leak check: no process of test run {run_id} is left");
         return ExitCode::SUCCESS;
     }
-    eprintln!("leak check: {} process(es) of test run {run_id} outlived the suite:", left.len());
+    eprintln!(
+        "leak check: {} process(es) of test run {run_id} outlived the suite:",
+        left.len()
+    );
     for (pid, cmdline) in &left {
         eprintln!("  pid {pid}: {cmdline}");
         unsafe {
