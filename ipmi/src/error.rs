@@ -108,7 +108,11 @@ impl IpmiError {
 
     /// Classifies an I/O error from the socket or device: timeouts and refusals are about the BMC,
     /// the rest is local.
-    pub(crate) fn from_io(what: impl Into<String>, source: std::io::Error, timeout: Duration) -> Self {
+    pub(crate) fn from_io(
+        what: impl Into<String>,
+        source: std::io::Error,
+        timeout: Duration,
+    ) -> Self {
         use std::io::ErrorKind;
         let what = what.into();
         match source.kind() {

@@ -145,7 +145,9 @@ impl<'a, L: Exchange> PartialReader<'a, L> {
                     ..
                 }) if retries < MAX_RESERVATION_RETRIES => {
                     retries += 1;
-                    log::debug!("SDR reservation cancelled reading record {record_id:#06X}; re-reserving");
+                    log::debug!(
+                        "SDR reservation cancelled reading record {record_id:#06X}; re-reserving"
+                    );
                     self.reservation = reserve(self.link)?;
                 }
                 other => return other,
@@ -170,7 +172,9 @@ impl<'a, L: Exchange> PartialReader<'a, L> {
                     "record longer than 255 bytes",
                 )
             })?;
-            let want = self.chunk.min(u8::try_from(total - record.len()).unwrap_or(u8::MAX));
+            let want = self
+                .chunk
+                .min(u8::try_from(total - record.len()).unwrap_or(u8::MAX));
             match self.read_part(record_id, offset, want) {
                 Ok((part, _)) if part.is_empty() => {
                     return Err(IpmiError::malformed(
@@ -187,7 +191,10 @@ impl<'a, L: Exchange> PartialReader<'a, L> {
                     ..
                 }) if self.chunk > 1 => {
                     self.chunk /= 2;
-                    log::debug!("BMC cannot return that many SDR bytes; chunk size now {}", self.chunk);
+                    log::debug!(
+                        "BMC cannot return that many SDR bytes; chunk size now {}",
+                        self.chunk
+                    );
                 }
                 Err(e) => return Err(e),
             }
@@ -231,9 +238,14 @@ const TYPE_COMPACT: u8 = 0x02;
 
 /// Decodes a whole record; `None` for record types that do not describe a readable sensor.
 pub(crate) fn parse_record(raw: &[u8]) -> Result<Option<SensorRecord>> {
-    let (header, body) = raw.split_at_checked(usize::from(HEADER_LEN)).ok_or_else(|| {
-        IpmiError::malformed("SDR record", format!("{} bytes is shorter than a header", raw.len()))
-    })?;
+    let (header, body) = raw
+        .split_at_checked(usize::from(HEADER_LEN))
+        .ok_or_else(|| {
+            IpmiError::malformed(
+                "SDR record",
+                format!("{} bytes is shorter than a header", raw.len()),
+            )
+        })?;
     let record_id = u16::from_le_bytes([header[0], header[1]]);
     let what = || format!("SDR record {record_id:#06X}");
     // Offsets below are the spec's byte numbers (table 43-1/43-2) minus 6: body[0] is byte 6.
@@ -245,7 +257,11 @@ pub(crate) fn parse_record(raw: &[u8]) -> Result<Option<SensorRecord>> {
     if body.len() < min_len {
         return Err(IpmiError::malformed(
             what(),
-            format!("type {:#04X} body is {} bytes, need {min_len}", header[3], body.len()),
+            format!(
+                "type {:#04X} body is {} bytes, need {min_len}",
+                header[3],
+                body.len()
+            ),
         ));
     }
     let units_1 = body[15];
@@ -367,7 +383,10 @@ mod tests {
         assert_eq!(record.unit.modifier, UnitModifier::None);
         assert_eq!(record.name, "CPU Temp");
         let conversion = record.conversion.expect("analog");
-        assert_eq!((conversion.m, conversion.b, conversion.k1, conversion.k2), (1, 0, 0, 0));
+        assert_eq!(
+            (conversion.m, conversion.b, conversion.k1, conversion.k2),
+            (1, 0, 0, 0)
+        );
         assert_eq!(conversion.format, AnalogFormat::Unsigned);
     }
 
@@ -446,11 +465,21 @@ mod tests {
     fn assembles_records_from_parts_with_retries() {
         let mut steps = vec![
             step(0x0A, 0x22, &[], &[0x00, 0x01, 0x00]),
-            step(0x0A, 0x23, &get_sdr_request(1, 0, 0, 5), &ok(3, &CPU_TEMP[..5])),
+            step(
+                0x0A,
+                0x23,
+                &get_sdr_request(1, 0, 0, 5),
+                &ok(3, &CPU_TEMP[..5]),
+            ),
             // Repository changed: reservation 1 is gone.
             step(0x0A, 0x23, &get_sdr_request(1, 0, 5, 16), &[0xC5]),
             step(0x0A, 0x22, &[], &[0x00, 0x02, 0x00]),
-            step(0x0A, 0x23, &get_sdr_request(2, 0, 0, 5), &ok(3, &CPU_TEMP[..5])),
+            step(
+                0x0A,
+                0x23,
+                &get_sdr_request(2, 0, 0, 5),
+                &ok(3, &CPU_TEMP[..5]),
+            ),
         ];
         for offset in (5..CPU_TEMP.len()).step_by(16) {
             let end = (offset + 16).min(CPU_TEMP.len());
@@ -463,7 +492,12 @@ mod tests {
                 &ok(3, &CPU_TEMP[offset..end]),
             ));
         }
-        steps.push(step(0x0A, 0x23, &get_sdr_request(2, 3, 0, 5), &ok(0xFFFF, &INLET[..5])));
+        steps.push(step(
+            0x0A,
+            0x23,
+            &get_sdr_request(2, 3, 0, 5),
+            &ok(0xFFFF, &INLET[..5]),
+        ));
         // This BMC suddenly refuses 16 bytes: shrink to 8 and stay there.
         steps.push(step(0x0A, 0x23, &get_sdr_request(2, 3, 5, 16), &[0xCA]));
         for offset in (5..INLET.len()).step_by(8) {
@@ -482,7 +516,10 @@ mod tests {
         bmc.assert_done();
         let names: Vec<_> = records.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["CPU Temp", "Inlet Temp Xtra"]);
-        assert_eq!(records[0], parse_record(&CPU_TEMP).expect("parse").expect("sensor"));
+        assert_eq!(
+            records[0],
+            parse_record(&CPU_TEMP).expect("parse").expect("sensor")
+        );
     }
 
     #[test]

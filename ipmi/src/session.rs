@@ -23,9 +23,9 @@ pub(crate) fn raise(link: &mut impl Exchange) -> Result<Privilege> {
                 code: 0x80 | 0x81 | 0xC1 | 0xD4,
                 ..
             })
-            | Err(IpmiError::InsufficientPrivilege { .. }) => log::debug!(
-                "BMC refused session privilege {wanted}; trying the next lower level"
-            ),
+            | Err(IpmiError::InsufficientPrivilege { .. }) => {
+                log::debug!("BMC refused session privilege {wanted}; trying the next lower level")
+            }
             Err(e) => return Err(e),
         }
     }

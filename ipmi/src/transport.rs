@@ -13,8 +13,8 @@ use ipmi_rs::connection::{
 };
 use ipmi_rs::rmcp::{
     ActivationError, RakpMessage2ErrorStatusCode, RakpMessage2ParseError,
-    RakpMessage4ErrorStatusCode, RakpMessage4ParseError, Rmcp, RmcpIpmiError,
-    RmcpIpmiReceiveError, RmcpIpmiSendError, V2_0ActivationError, V2_0WriteError,
+    RakpMessage4ErrorStatusCode, RakpMessage4ParseError, Rmcp, RmcpIpmiError, RmcpIpmiReceiveError,
+    RmcpIpmiSendError, V2_0ActivationError, V2_0WriteError,
 };
 
 use crate::error::{IpmiError, Result};
@@ -63,10 +63,10 @@ pub(crate) struct RawResponse {
     pub data: Vec<u8>,
 }
 
-/// An open connection to a BMC.
+/// An open connection to a BMC. The RMCP+ state is large (keys, buffers), hence boxed.
 pub(crate) enum Link {
     InBand(ipmi_rs::File),
-    Lan(Rmcp),
+    Lan(Box<Rmcp>),
 }
 
 impl Link {
@@ -96,7 +96,7 @@ impl Link {
                     )
                 })?
                 .map_err(|e| activation_error(&what, username, e, timeout))?;
-                Ok(Link::Lan(rmcp))
+                Ok(Link::Lan(Box::new(rmcp)))
             }
         }
     }
@@ -182,11 +182,14 @@ fn receive_error(what: &str, error: RmcpIpmiReceiveError, timeout: Duration) -> 
     }
 }
 
-/// Maps the handshake's failure to what an operator can act on. Credential problems surface in two
-/// places: the BMC rejects the user name/role in RAKP 2 (status 0x0D "unauthorized name"; ipmi_sim
-/// answers 0x12 "illegal parameter" for unknown users and role mismatches), or the password is
-/// wrong, which the console notices itself because the BMC's RAKP 2 HMAC does not verify
-/// (`ServerAuthenticationFailed`), and the BMC notices when RAKP 3 does not (status 0x0F).
+/// Maps the handshake's failure to what an operator can act on. Credential problems surface in
+/// three places: the BMC rejects the user name/role in RAKP 2 (status 0x0D "unauthorized name",
+/// ipmi_sim: 0x12 "illegal parameter"); the console finds the BMC's RAKP 2 HMAC does not verify
+/// (`ServerAuthenticationFailed`: wrong password); the BMC finds RAKP 3's does not (status 0x0F).
+///
+/// `ipmi-rs` 0.6 reads the RAKP 2 status from the reserved byte 2 instead of byte 1, so a BMC's
+/// rejection of the user name is only seen as the HMAC failure that follows it: against ipmi_sim,
+/// an unknown user and a wrong password both arrive as `ServerAuthenticationFailed`.
 fn activation_error(
     what: &str,
     username: &str,
@@ -233,7 +236,8 @@ fn activation_error(
                 "BMC rejected user {username:?} in RAKP 2: status {code:#04X}"
             )),
             V2_0ActivationError::ServerAuthenticationFailed => auth(format!(
-                "wrong password for user {username:?} (the BMC's RAKP 2 key exchange code does not verify)"
+                "wrong password for user {username:?}, or the BMC does not know the user with the \
+                 administrator role (the BMC's RAKP 2 key exchange code does not verify)"
             )),
             V2_0ActivationError::RakpMessage4Parse(RakpMessage4ParseError::ErrorStatusCode(
                 RakpMessage4ErrorStatusCode::InvalidIntegrityCheckValue,
@@ -259,9 +263,10 @@ fn rakp2_status(code: RakpMessage2ErrorStatusCode) -> String {
         RakpMessage2ErrorStatusCode::UnauthorizedRoleOrPrivilegeLevelRequested => {
             (0x0A, "unauthorized role or privilege level requested")
         }
-        RakpMessage2ErrorStatusCode::InsufficientResourcesToCreateSessionAtRequestedRole => {
-            (0x0B, "insufficient resources to create a session at the requested role")
-        }
+        RakpMessage2ErrorStatusCode::InsufficientResourcesToCreateSessionAtRequestedRole => (
+            0x0B,
+            "insufficient resources to create a session at the requested role",
+        ),
         RakpMessage2ErrorStatusCode::InvalidNameLength => (0x0C, "invalid name length"),
         RakpMessage2ErrorStatusCode::UnauthorizedName => (0x0D, "unauthorized name"),
     };
@@ -352,12 +357,15 @@ mod tests {
     #[test]
     fn stray_answers_are_rejected() {
         let command = Command::new("Get Sensor Reading", 0x04, 0x2D);
-        let good = Response::new(Message::new_raw(0x05, 0x2D, vec![0, 1, 0xC0]), 0)
-            .expect("non-empty");
+        let good =
+            Response::new(Message::new_raw(0x05, 0x2D, vec![0, 1, 0xC0]), 0).expect("non-empty");
         assert!(check_response(command, &good).is_ok());
         let stray = Response::new(Message::new_raw(0x0B, 0x23, vec![0, 1]), 0).expect("non-empty");
         let err = check_response(command, &stray).expect_err("stray");
-        assert!(err.to_string().contains("expected NetFn 0x05 cmd 0x2D"), "{err}");
+        assert!(
+            err.to_string().contains("expected NetFn 0x05 cmd 0x2D"),
+            "{err}"
+        );
         // DCMI's group-extension NetFn is accepted (ipmi-rs's typed send_recv rejects it).
         let dcmi = Command::new("DCMI Get Power Reading", 0x2C, 0x02);
         let answer =
