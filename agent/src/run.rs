@@ -19,6 +19,7 @@ use crate::config::{AgentConfig, BmcMode, CpuSource};
 use crate::model::{NodeScale, PowerModel};
 use crate::report::{EnergyReading, Readings, ReportBuilder};
 use crate::sensors::bmc::BmcReadings;
+use crate::sensors::collector::BmcCollector;
 use crate::sensors::cpu::{CpuSensor, FileCpu, SysinfoCpu};
 use crate::sensors::energy::{EnergySource, EnergyTracker};
 
@@ -53,13 +54,14 @@ pub async fn run(
     let metrics = AgentMetrics::new();
     let mut cpu = cpu_sensor(&config)?;
     let energy = start_energy(&config, sys_root)?;
-    if config.bmc.mode != BmcMode::None {
-        // Refuse rather than run without the BMC the operator asked for.
-        anyhow::bail!(
-            "config key `bmc.mode`: {:?} is not supported by this build yet; the IPMI collector is pending (see README Status)",
-            config.bmc.mode
-        );
-    }
+    let bmc = match config.bmc.mode {
+        BmcMode::None => None,
+        _ => Some(BmcCollector::spawn(
+            &config.bmc,
+            config.interval,
+            metrics.clone(),
+        )?),
+    };
 
     let grpc_listener = bind(config.grpc.listen, "grpc.listen").await?;
     let metrics_listener = bind(config.metrics.listen, "metrics.listen").await?;
@@ -103,8 +105,10 @@ pub async fn run(
                     continue;
                 }
             };
-            let bmc_readings = BmcReadings::none();
-            metrics.observe_bmc(&bmc_readings, false);
+            let bmc_readings = bmc
+                .as_ref()
+                .map_or_else(BmcReadings::none, BmcCollector::snapshot);
+            metrics.observe_bmc(&bmc_readings, bmc.is_some());
             let readings = Readings {
                 cpu,
                 bmc: bmc_readings,

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use wattwise_proto::v1 as pb;
 use wattwise_proto::v1::power_reports_server::{PowerReports, PowerReportsServer};
 use wattwise_testenv::agent::AgentProcess;
+use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
 use wattwise_testenv::onnx::write_linear_model;
 use wattwise_testenv::prometheus::Prometheus;
@@ -24,8 +25,19 @@ const PEAK: f64 = 280.0;
 
 /// Model, CPU and energy files in `dir`; returns the agent's YAML.
 fn setup(dir: &Path, node: &str, utilisation: f64, extra: &str) -> String {
+    setup_with_inlet_coeff(dir, node, utilisation, 0.0, extra)
+}
+
+/// Like [`setup`], with a model that adds `inlet_coeff` W per °C of inlet above 25 °C.
+fn setup_with_inlet_coeff(
+    dir: &Path,
+    node: &str,
+    utilisation: f64,
+    inlet_coeff: f32,
+    extra: &str,
+) -> String {
     let model = dir.join("model.onnx");
-    write_linear_model(&model, IDLE as f32, PEAK as f32, 0.0).unwrap();
+    write_linear_model(&model, IDLE as f32, PEAK as f32, inlet_coeff).unwrap();
     std::fs::write(dir.join("util"), utilisation.to_string()).unwrap();
     format!(
         "node_name: {node}\ninterval: 250ms\n\
@@ -259,7 +271,7 @@ async fn startup_errors_name_the_problem() {
         ),
         (
             format!("{base}bmc: {{mode: lan, host: 127.0.0.1, username: u}}\n"),
-            "bmc.mode".to_string(),
+            "bmc.password_env".to_string(),
         ),
     ];
     for (yaml, expected) in cases {
@@ -429,4 +441,255 @@ async fn rejected_reports_are_counted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(agent.log_tail(100).contains("test rejects everything"));
+}
+
+/// Agent YAML reading `bmc` over RMCP+, its password in the environment variable BMC_PASSWORD.
+fn bmc_yaml(bmc: &Bmc) -> String {
+    format!(
+        "bmc: {{mode: lan, host: 127.0.0.1, port: {}, username: {}, password_env: BMC_PASSWORD, timeout: 500ms}}\n",
+        bmc.port(),
+        bmc.username()
+    )
+}
+
+fn temperature(report: &Value, role: &str, index: u64) -> Option<(f64, String)> {
+    report["temperatures"].as_array()?.iter().find_map(|t| {
+        let same_index = t["index"].as_u64().unwrap_or(0) == index;
+        (t["role"] == role && same_index).then(|| {
+            (
+                t["celsius"].as_f64().unwrap(),
+                t["sensorName"].as_str().unwrap().to_string(),
+            )
+        })
+    })
+}
+
+fn role_status(report: &Value, role: &str) -> String {
+    report["sensors"]
+        .as_array()
+        .and_then(|s| s.iter().find(|h| h["role"] == role))
+        .map(|h| h["status"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+async fn agent_on(
+    bmc: &Bmc,
+    dir: &Path,
+    node: &str,
+    inlet_coeff: f32,
+    password: &str,
+) -> AgentProcess {
+    let yaml = setup_with_inlet_coeff(dir, node, 0.5, inlet_coeff, &bmc_yaml(bmc));
+    AgentProcess::start(&yaml, &[("BMC_PASSWORD", password)])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_vendor_layouts_are_mapped_to_roles_with_dcmi_or_sdr_power() {
+    let dell = Bmc::start(BmcSpec::dell_like()).await.unwrap();
+    let lenovo = Bmc::start(BmcSpec::lenovo_like()).await.unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dell_agent = agent_on(&dell, d1.path(), "node-dell", 0.0, dell.password()).await;
+    let lenovo_agent = agent_on(&lenovo, d2.path(), "node-lenovo", 0.0, lenovo.password()).await;
+
+    let dell_grpc = Grpcurl::new(dell_agent.grpc_addr()).unwrap();
+    let r = wait_report(&dell_grpc, Duration::from_secs(10), |r| {
+        r["measured"]["source"] == "READING_SOURCE_DCMI"
+    })
+    .await;
+    assert_eq!(
+        temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
+        Some((22.0, "Inlet Temp".into())),
+        "{r}"
+    );
+    assert_eq!(
+        temperature(&r, "TEMPERATURE_ROLE_CPU", 0),
+        Some((48.0, "Temp".into())),
+        "{r}"
+    );
+    assert_eq!(
+        temperature(&r, "TEMPERATURE_ROLE_CPU", 1),
+        Some((51.0, "Temp".into())),
+        "{r}"
+    );
+    assert_eq!(
+        r["measured"]["watts"].as_f64(),
+        Some(196.0),
+        "DCMI, not the SDR sensor: {r}"
+    );
+
+    let lenovo_grpc = Grpcurl::new(lenovo_agent.grpc_addr()).unwrap();
+    let r = wait_report(&lenovo_grpc, Duration::from_secs(10), |r| {
+        r["measured"]["source"] == "READING_SOURCE_SDR_SENSOR"
+    })
+    .await;
+    assert_eq!(
+        temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
+        Some((24.0, "Ambient Temp".into())),
+        "{r}"
+    );
+    assert_eq!(
+        temperature(&r, "TEMPERATURE_ROLE_CPU", 0),
+        Some((31.0, "CPU1 Temp".into())),
+        "{r}"
+    );
+    assert_eq!(
+        temperature(&r, "TEMPERATURE_ROLE_CPU", 1),
+        Some((32.0, "CPU2 Temp".into())),
+        "{r}"
+    );
+    assert_eq!(
+        r["measured"]["sensorName"], "Sys Power",
+        "the whole-node meter, not CPU or Mem Power: {r}"
+    );
+    assert_eq!(r["measured"]["watts"].as_f64(), Some(170.0), "{r}");
+    let text = lenovo_agent.metrics_text().await.unwrap();
+    assert!(
+        text.contains("ipmi_power_watts{id=\"66\",name=\"Sys Power\"} 170"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ipmi_up{collector=\"dcmi\"} 0"),
+        "no DCMI on this BMC: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_reading_reaches_grpc_metrics_and_the_model() {
+    let mut bmc = Bmc::start(BmcSpec::lenovo_like()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 2 W per °C of inlet: the temperature visibly moves the curve.
+    let yaml = setup_with_inlet_coeff(dir.path(), "node-t", 0.5, 2.0, &bmc_yaml(&bmc))
+        .replace("interval: 250ms", "interval: 500ms");
+    let agent = AgentProcess::start(&yaml, &[("BMC_PASSWORD", bmc.password())])
+        .await
+        .unwrap();
+    let grpc = Grpcurl::new(agent.grpc_addr()).unwrap();
+    let before = wait_report(&grpc, Duration::from_secs(10), |r| {
+        temperature(r, "TEMPERATURE_ROLE_INLET", 0).is_some()
+    })
+    .await;
+    let watts_at = |r: &Value| r["curve"]["watts"][50].as_f64().unwrap();
+    assert!(
+        (watts_at(&before) - (expected_watts(0.5) + 2.0 * (24.0 - 25.0))).abs() < 1e-3,
+        "{before}"
+    );
+
+    bmc.set_reading("Ambient Temp", 30.0).unwrap();
+    bmc.set_reading("Sys Power", 250.0).unwrap();
+    // Two report intervals, plus ipmi_sim's own 250 ms poll of its sensor files.
+    let window = Duration::from_millis(2 * 500 + 250);
+    let after = wait_report(&grpc, window, |r| {
+        temperature(r, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0) == Some(30.0)
+    })
+    .await;
+    assert!(
+        (watts_at(&after) - (expected_watts(0.5) + 2.0 * 5.0)).abs() < 1e-3,
+        "model fed the new inlet: {after}"
+    );
+    let text = agent.metrics_text().await.unwrap();
+    assert!(
+        text.contains("ipmi_temperature_celsius{id=\"49\",name=\"Ambient Temp\"} 30"),
+        "{text}"
+    );
+
+    let prometheus = Prometheus::start(
+        &[agent.metrics_addr().to_string()],
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let sample = prometheus
+        .wait_for_sample(
+            "ipmi_temperature_celsius{name=\"Ambient Temp\"}",
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sample.value, 30.0);
+    let power = prometheus
+        .wait_for_sample("ipmi_power_watts", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(power.value, 250.0);
+    let error = prometheus
+        .wait_for_sample("wattwise_model_error_watts", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        (error.value - (watts_at(&after) - 250.0)).abs() < 1e-3,
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_keeps_the_agent_serving_with_ipmi_down() {
+    let bmc = Bmc::start(BmcSpec::dell_like()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_on(&bmc, dir.path(), "node-w", 0.0, "not-the-password").await;
+    let grpc = Grpcurl::new(agent.grpc_addr()).unwrap();
+    let report = get_report(&grpc).await;
+    assert_eq!(
+        report["measured"]["source"], "READING_SOURCE_NONE",
+        "{report}"
+    );
+    assert!(
+        report["curve"]["watts"].as_array().unwrap().len() == 101,
+        "still predicting"
+    );
+    let text = agent.metrics_text().await.unwrap();
+    assert!(text.contains("ipmi_up{collector=\"ipmi\"} 0"), "{text}");
+    let log = agent.log_tail(100);
+    assert!(
+        log.to_lowercase().contains("password"),
+        "the log names the cause:\n{log}"
+    );
+    assert!(
+        !log.contains("not-the-password") && !log.contains(bmc.password()),
+        "no secret in logs"
+    );
+    assert!(agent.is_running());
+}
+
+#[tokio::test]
+async fn a_bmc_crash_makes_values_stale_and_its_return_recovers_them() {
+    let mut bmc = Bmc::start(BmcSpec::dell_like()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_on(&bmc, dir.path(), "node-k", 0.0, bmc.password()).await;
+    let grpc = Grpcurl::new(agent.grpc_addr()).unwrap();
+    wait_report(&grpc, Duration::from_secs(10), |r| {
+        role_status(r, "inlet") == "SENSOR_STATUS_OK"
+    })
+    .await;
+
+    bmc.kill();
+    let stale = wait_report(&grpc, Duration::from_secs(10), |r| {
+        role_status(r, "inlet") == "SENSOR_STATUS_STALE"
+    })
+    .await;
+    assert_eq!(
+        temperature(&stale, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0),
+        Some(22.0),
+        "last good value kept: {stale}"
+    );
+    assert!(agent
+        .metrics_text()
+        .await
+        .unwrap()
+        .contains("ipmi_up{collector=\"ipmi\"} 0"));
+
+    bmc.set_reading("Inlet Temp", 26.0).unwrap();
+    bmc.restart().await.unwrap();
+    let back = wait_report(&grpc, Duration::from_secs(40), |r| {
+        role_status(r, "inlet") == "SENSOR_STATUS_OK"
+            && temperature(r, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0) == Some(26.0)
+    })
+    .await;
+    assert_eq!(back["measured"]["source"], "READING_SOURCE_DCMI", "{back}");
+    assert!(agent
+        .metrics_text()
+        .await
+        .unwrap()
+        .contains("ipmi_up{collector=\"ipmi\"} 1"));
 }
