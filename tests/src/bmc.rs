@@ -185,7 +185,8 @@ impl BmcSpec {
         }
     }
 
-    /// Modelled on the Lenovo nodes of the FASRC sample (`data/ipmi`): "Ambient Temp" on the
+    /// Modelled on the Lenovo nodes of FASRC's per-minute BMC sample (fasrc/hpc_sustainability_dataset,
+    /// MIT; 2025-06-03): "Ambient Temp" on the
     /// air-inlet entity 0x40, "CPU1 Temp"/"CPU2 Temp" on the system board (so only their names
     /// tell the socket), component meters beside "Sys Power", and no DCMI. Values are the
     /// sample's idle readings.
