@@ -187,10 +187,14 @@ async fn stream_once(
                 }
             }
             _ = sleep_until(next_due) => {
-                // Nothing new arrived for a whole interval (the report loop is stuck or slow):
-                // repeat the last report so the scheduler knows this agent is alive.
-                if let Some(report) = &last_sent {
-                    let _ = outbound.try_send(report.report().clone());
+                // Nothing was sent for a whole interval: send the newest report (fresh readings
+                // and observed_at, even if nothing changed meaningfully), or repeat the last one
+                // when the report loop is stuck, so the scheduler knows this agent is alive.
+                let newest = latest.borrow_and_update().clone().or_else(|| last_sent.clone());
+                if let Some(report) = newest {
+                    if outbound.try_send(report.report().clone()).is_ok() {
+                        last_sent = Some(report);
+                    }
                 }
                 next_due = Instant::now() + interval;
             }

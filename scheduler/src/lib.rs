@@ -2,4 +2,15 @@
 //! best energy level and the lowest predicted power increase.
 //!
 //! - [`policy`]: pure filter and score units over plain structs (no I/O).
+//! - [`cluster`]: Kubernetes at the edges: conversion, the cache, watches, leader election,
+//!   events.
+//! - [`queue`]: pending pods, priority then FIFO, with backoff.
+//! - [`scheduling`]: the decision loop and binds.
+//! - [`api`]: the `PowerReports` gRPC server and Prometheus metrics.
+pub mod api;
+pub mod cluster;
+pub mod config;
 pub mod policy;
+pub mod queue;
+pub mod run;
+pub mod scheduling;

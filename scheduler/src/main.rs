@@ -1,16 +1,123 @@
-//! `wattwise-scheduler`: not implemented yet (issue 5). It exits with an error rather than
-//! pretending to schedule, so a deployment of it fails loudly.
+//! `wattwise-scheduler`: the central scheduler. Configuration comes from a YAML file (`--config`),
+//! overridden by flags and their environment variables; the cluster from `--kubeconfig`,
+//! `KUBECONFIG` or the in-cluster service account.
 
-use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--version" || a == "-V") {
-        println!("wattwise-scheduler {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+use anyhow::{Context, Result};
+use clap::Parser;
+use wattwise_scheduler::config::SchedulerConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wattwise-scheduler",
+    version,
+    about = "wattwise scheduler: binds pods to the best-powered node with the lowest predicted power increase"
+)]
+struct Cli {
+    /// YAML configuration file.
+    #[arg(long, env = "WATTWISE_SCHEDULER_CONFIG")]
+    config: Option<PathBuf>,
+    /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Pods with this spec.schedulerName are scheduled (overrides `scheduler_name`).
+    #[arg(long, env = "WATTWISE_SCHEDULER_NAME")]
+    scheduler_name: Option<String>,
+    /// This replica's identity in the Lease and in events (overrides `identity`).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Namespace of the leader Lease (overrides `leader_election.namespace`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// gRPC listen address for agent reports (overrides `grpc.listen`).
+    #[arg(long, env = "WATTWISE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Metrics/health listen address (overrides `metrics.listen`).
+    #[arg(long, env = "WATTWISE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log format.
+    #[arg(long, env = "WATTWISE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+impl Cli {
+    fn config(&self) -> Result<SchedulerConfig> {
+        let mut config = match &self.config {
+            Some(path) => SchedulerConfig::from_file(path)?,
+            None => SchedulerConfig::default(),
+        };
+        if let Some(name) = &self.scheduler_name {
+            config.scheduler_name = name.clone();
+        }
+        if self.identity.is_some() {
+            config.identity = self.identity.clone();
+        }
+        if self.lease_namespace.is_some() {
+            config.leader_election.namespace = self.lease_namespace.clone();
+        }
+        if let Some(addr) = self.grpc_listen {
+            config.grpc.listen = addr;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics.listen = addr;
+        }
+        config.validate()?;
+        Ok(config)
     }
-    eprintln!(
-        "wattwise-scheduler {}: the scheduler is not implemented yet; see README (Status)",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::FAILURE
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let config = cli.config().context("invalid configuration")?;
+    if cli.check_config {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let client = kube_client(cli.kubeconfig.as_ref()).await?;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    wattwise_scheduler::run::run(config, client, |_| {}, shutdown).await
 }

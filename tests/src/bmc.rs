@@ -1,7 +1,9 @@
 //! Real BMCs: OpenIPMI's `ipmi_sim` speaking RMCP+ on a loopback UDP port, with a generated SDR
 //! (names, entity ids, units, values), one poll file per sensor so a test changes readings while
 //! the BMC runs, and optional DCMI power readings from a loadable module (`tests/bmc/dcmi_power.c`,
-//! compiled once per source content).
+//! compiled once per source content). Every BMC also loads `tests/bmc/add_sdr.c`, a spec-conforming
+//! Add SDR (ipmi_sim 2.0.33's own rejects well-formed records), so a test can change the SDR while
+//! the BMC runs ([`Bmc::add_sdr`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -15,6 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::process::{cache_dir, free_udp_port, require_program, ManagedProcess, CHILD_MARKER_ENV};
 
 const DCMI_MODULE_SOURCE: &str = include_str!("../bmc/dcmi_power.c");
+const ADD_SDR_MODULE_SOURCE: &str = include_str!("../bmc/add_sdr.c");
 
 /// IPMI sensor types and unit codes used here (IPMI 2.0 tables 42-3 and 43-15).
 const SENSOR_TYPE_TEMPERATURE: u8 = 0x01;
@@ -40,6 +43,10 @@ pub struct SensorSpec {
     /// Resolution: engineering value = m × raw (linear, B = 0, no exponents).
     pub m: u8,
     pub value: f64,
+    /// Whether the sensor's record is in the SDR repository when the BMC starts. Without it the
+    /// sensor still exists and answers Get Sensor Reading, but a reader of the SDR cannot find it
+    /// until [`Bmc::add_sdr`] adds the record.
+    pub in_sdr: bool,
 }
 
 impl SensorSpec {
@@ -59,6 +66,7 @@ impl SensorSpec {
             kind: SensorKind::Temperature,
             m: 1,
             value: celsius,
+            in_sdr: true,
         }
     }
 
@@ -72,7 +80,14 @@ impl SensorSpec {
             kind: SensorKind::Power,
             m: 2,
             value: watts,
+            in_sdr: true,
         }
+    }
+
+    /// The same sensor with its record left out of the SDR repository at start.
+    pub fn without_sdr(mut self) -> Self {
+        self.in_sdr = false;
+        self
     }
 
     /// The raw reading that represents `value` (rounded to the resolution).
@@ -228,10 +243,11 @@ impl Bmc {
         let dir = tempfile::Builder::new().prefix("wattwise-bmc-").tempdir()?;
         std::fs::create_dir(dir.path().join("state"))?;
         let port = free_udp_port()?;
-        let module = match spec.dcmi_watts {
-            Some(_) => Some(dcmi_module()?),
+        let dcmi = match spec.dcmi_watts {
+            Some(_) => Some(compile_module("dcmi_power", DCMI_MODULE_SOURCE)?),
             None => None,
         };
+        let add_sdr = compile_module("add_sdr", ADD_SDR_MODULE_SOURCE)?;
         let mut bmc = Self {
             ipmi_sim,
             spec,
@@ -241,7 +257,7 @@ impl Bmc {
         };
         std::fs::write(
             bmc.dir.path().join("lan.conf"),
-            bmc.lan_conf(module.as_deref()),
+            bmc.lan_conf(&add_sdr, dcmi.as_deref()),
         )?;
         std::fs::write(bmc.dir.path().join("bmc.emu"), bmc.command_file()?)?;
         for sensor in &bmc.spec.sensors {
@@ -398,7 +414,42 @@ impl Bmc {
         Ok(String::from_utf8(output.stdout)?)
     }
 
-    fn lan_conf(&self, module: Option<&Path>) -> String {
+    /// Adds `name`'s record to the SDR repository with IPMI Add SDR (NetFn 0x0A, cmd 0x24) over
+    /// RMCP+, as a firmware update or hot-plugged part would change it; returns the record ID the
+    /// BMC assigned. The repository's record count and most recent addition change with it.
+    pub async fn add_sdr(&mut self, name: &str) -> Result<u16> {
+        let index = self
+            .spec
+            .sensors
+            .iter()
+            .position(|s| s.name == name)
+            .with_context(|| format!("no sensor named {name:?}"))?;
+        ensure!(
+            !self.spec.sensors[index].in_sdr,
+            "sensor {name:?} is already in the SDR"
+        );
+        let record: Vec<String> = self.spec.sensors[index]
+            .sdr_record()?
+            .iter()
+            .map(|b| format!("0x{b:02x}"))
+            .collect();
+        let mut args = vec!["raw", "0x0a", "0x24"];
+        args.extend(record.iter().map(String::as_str));
+        let out = self.ipmitool(&args).await?;
+        let bytes = out
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .with_context(|| format!("Add SDR answered {out:?}"))?;
+        ensure!(
+            bytes.len() == 2,
+            "Add SDR answered {out:?}, expected a record ID"
+        );
+        self.spec.sensors[index].in_sdr = true;
+        Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
+    }
+
+    fn lan_conf(&self, add_sdr: &Path, dcmi: Option<&Path>) -> String {
         let mut conf = format!(
             "name \"wattwise\"\n\
              set_working_mc 0x20\n\
@@ -416,7 +467,8 @@ impl Bmc {
             user = self.spec.username,
             password = self.spec.password,
         );
-        if let Some(module) = module {
+        conf.push_str(&format!("loadlib \"{}\" \"\"\n", add_sdr.display()));
+        if let Some(module) = dcmi {
             conf.push_str(&format!(
                 "loadlib \"{}\" \"{}\"\n",
                 module.display(),
@@ -436,7 +488,9 @@ impl Bmc {
                 .iter()
                 .map(|b| format!("0x{b:02x}"))
                 .collect();
-            emu.push_str(&format!("main_sdr_add 0x20 {}\n", record.join(" ")));
+            if sensor.in_sdr {
+                emu.push_str(&format!("main_sdr_add 0x20 {}\n", record.join(" ")));
+            }
             emu.push_str(&format!(
                 "sensor_add 0x20 0 {n} {t} 0x01 poll 250 file \"{file}\"\n\
                  sensor_set_event_support 0x20 0 {n} enable scanning per-state \
@@ -474,12 +528,12 @@ impl Bmc {
     }
 }
 
-/// The DCMI module, compiled once per source content into the cache.
-fn dcmi_module() -> Result<PathBuf> {
+/// An ipmi_sim module (`tests/bmc/<name>.c`), compiled once per source content into the cache.
+fn compile_module(name: &str, source_text: &str) -> Result<PathBuf> {
     let mut hasher = DefaultHasher::new();
-    DCMI_MODULE_SOURCE.hash(&mut hasher);
+    source_text.hash(&mut hasher);
     let dir = cache_dir().join("bmc");
-    let module = dir.join(format!("dcmi_power-{:016x}.so", hasher.finish()));
+    let module = dir.join(format!("{name}-{:016x}.so", hasher.finish()));
     if module.is_file() {
         return Ok(module);
     }
@@ -491,9 +545,9 @@ fn dcmi_module() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     // Unique temporary names: parallel tests may compile at the same time; rename is atomic.
     let unique = format!("{}-{:?}", std::process::id(), std::thread::current().id());
-    let source = dir.join(format!("dcmi_power-{unique}.c"));
-    let tmp = dir.join(format!("dcmi_power-{unique}.so.tmp"));
-    std::fs::write(&source, DCMI_MODULE_SOURCE)?;
+    let source = dir.join(format!("{name}-{unique}.c"));
+    let tmp = dir.join(format!("{name}-{unique}.so.tmp"));
+    std::fs::write(&source, source_text)?;
     let out = Command::new(gcc)
         .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
         .arg(&tmp)
@@ -503,7 +557,7 @@ fn dcmi_module() -> Result<PathBuf> {
     let _ = std::fs::remove_file(&source);
     if !out.status.success() {
         bail!(
-            "compiling the DCMI module failed:\n{}",
+            "compiling the ipmi_sim module {name} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

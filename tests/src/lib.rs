@@ -6,6 +6,11 @@
 //! - [`bmc`]: OpenIPMI `ipmi_sim` BMCs with generated sensor layouts, poll files, optional DCMI.
 //! - [`prometheus`]: Debian's Prometheus with a generated scrape config, and a query helper.
 //! - [`grpcurl`]: the real grpcurl binary as an external gRPC client.
+//! - [`receiver`]: a real PowerReports server standing in for a scheduler replica.
+//! - [`reports`]: real gRPC clients streaming node reports to the scheduler.
+//! - [`scheduler`]: the real `wattwise-scheduler` binary against a control plane.
+//! - [`specpower`]: the SPECpower results in data/specpower/.
+//! - [`served`]: a wattwise binary with generated config on free ports (agent and scheduler).
 pub mod agent;
 pub mod bmc;
 pub mod control_plane;
@@ -13,3 +18,8 @@ pub mod grpcurl;
 pub mod onnx;
 pub mod process;
 pub mod prometheus;
+pub mod receiver;
+pub mod reports;
+pub mod scheduler;
+pub mod served;
+pub mod specpower;

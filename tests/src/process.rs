@@ -9,8 +9,9 @@ use std::fs::File;
 use std::future::Future;
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ pub struct ManagedProcess {
     name: String,
     child: Child,
     log_path: PathBuf,
+    /// Set when [`ManagedProcess::wait_with_usage`] reaped the child behind `child`'s back.
+    reaped: Option<ExitStatus>,
 }
 
 impl ManagedProcess {
@@ -56,6 +59,7 @@ impl ManagedProcess {
             name: name.to_string(),
             child,
             log_path,
+            reaped: None,
         })
     }
 
@@ -80,11 +84,14 @@ impl ManagedProcess {
 
     /// Whether the process is still running (reaps it if it exited).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.reaped.is_none() && matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The exit code once the process has exited (None while running or when killed by a signal).
     pub fn exit_code(&mut self) -> Option<i32> {
+        if let Some(status) = self.reaped {
+            return status.code();
+        }
         self.child
             .try_wait()
             .ok()
@@ -92,8 +99,38 @@ impl ManagedProcess {
             .and_then(|status| status.code())
     }
 
+    /// Waits for the process to exit and returns its exit status with the resources it used
+    /// (`wait4`: user and system CPU time, maximum resident set size), for measuring what a
+    /// short-lived child costs.
+    pub fn wait_with_usage(&mut self) -> Result<(ExitStatus, libc::rusage)> {
+        if self.reaped.is_some() {
+            bail!("{} was already waited for", self.name);
+        }
+        let pid = self.child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: rusage is plain old data; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: valid pointers to locals; pid is our own unreaped child.
+            let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            if rc == pid {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).with_context(|| format!("{}: wait4 on pid {pid}", self.name));
+            }
+        }
+        let status = ExitStatus::from_raw(status);
+        self.reaped = Some(status);
+        Ok((status, usage))
+    }
+
     /// Fails with the log tail if the process has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(status) = self.reaped {
+            bail!("{} exited with {status}", self.name);
+        }
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => bail!(
@@ -130,7 +167,9 @@ impl ManagedProcess {
     /// SIGKILL to the process group and reap: a crash, as a test of recovery wants it.
     pub fn kill(&mut self) {
         self.signal_group(libc::SIGKILL);
-        let _ = self.child.wait();
+        if self.reaped.is_none() {
+            let _ = self.child.wait();
+        }
     }
 
     fn signal_group(&self, signal: i32) {
@@ -324,6 +363,27 @@ mod tests {
             "pid {} not found among marked processes {found:?}",
             p.pid()
         );
+    }
+
+    #[test]
+    fn wait_with_usage_reports_the_childs_cpu_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        // Busy for a measurable moment, then exit 3.
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; exit 3",
+        ]);
+        let mut p = ManagedProcess::spawn("busy", cmd, dir.path()).unwrap();
+        let (status, usage) = p.wait_with_usage().unwrap();
+        assert_eq!(status.code(), Some(3));
+        let cpu = Duration::from_secs(usage.ru_utime.tv_sec as u64)
+            + Duration::from_micros(usage.ru_utime.tv_usec as u64);
+        assert!(cpu > Duration::ZERO, "{cpu:?}");
+        assert!(usage.ru_maxrss > 0, "max RSS in KiB: {}", usage.ru_maxrss);
+        assert!(!p.is_running());
+        assert_eq!(p.exit_code(), Some(3));
+        assert!(p.wait_with_usage().is_err(), "a child is reaped once");
     }
 
     #[test]

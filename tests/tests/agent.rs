@@ -2,23 +2,18 @@
 //! through its real interfaces: grpcurl, a Prometheus that scrapes it, and a gRPC PowerReports
 //! receiver standing in for the scheduler.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::mpsc;
 use wattwise_proto::v1 as pb;
-use wattwise_proto::v1::power_reports_server::{PowerReports, PowerReportsServer};
 use wattwise_testenv::agent::AgentProcess;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
 use wattwise_testenv::onnx::write_linear_model;
 use wattwise_testenv::prometheus::Prometheus;
+use wattwise_testenv::receiver::{self, ReportReceiver};
 
 const IDLE: f64 = 80.0;
 const PEAK: f64 = 280.0;
@@ -282,92 +277,20 @@ async fn startup_errors_name_the_problem() {
     }
 }
 
-/// A PowerReports receiver standing in for a scheduler replica: records reports, acks each, and
-/// ends every open stream when told to stop.
-struct Receiver {
-    reports: mpsc::UnboundedSender<pb::NodeReport>,
-    accept: bool,
-    stop: watch::Receiver<bool>,
-}
-
-#[tonic::async_trait]
-impl PowerReports for Receiver {
-    type StreamReportsStream = Pin<Box<dyn Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
-
-    async fn stream_reports(
-        &self,
-        request: Request<Streaming<pb::NodeReport>>,
-    ) -> Result<Response<Self::StreamReportsStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (acks, out) = mpsc::channel(4);
-        let (reports, accept, mut stop) = (self.reports.clone(), self.accept, self.stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = inbound.message() => {
-                        let Ok(Some(report)) = message else { return };
-                        let ack = pb::ReportAck {
-                            sequence: report.sequence,
-                            accepted: accept,
-                            reason: if accept { String::new() } else { "test rejects everything".into() },
-                            report_interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                        };
-                        let _ = reports.send(report);
-                        if acks.send(Ok(ack)).await.is_err() { return }
-                    }
-                    _ = stop.changed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
-    }
-}
-
-struct RunningReceiver {
-    stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-async fn start_receiver(
-    addr: SocketAddr,
-    accept: bool,
-    reports: mpsc::UnboundedSender<pb::NodeReport>,
-) -> (SocketAddr, RunningReceiver) {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let service = PowerReportsServer::new(Receiver {
-        reports,
-        accept,
-        stop: stop_rx.clone(),
-    });
-    let mut shutdown = stop_rx;
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = shutdown.changed().await;
-            })
-            .await
-            .unwrap();
-    });
-    (addr, RunningReceiver { stop, server })
-}
-
 async fn next_report(
     rx: &mut mpsc::UnboundedReceiver<pb::NodeReport>,
     timeout: Duration,
 ) -> pb::NodeReport {
-    tokio::time::timeout(timeout, rx.recv())
-        .await
-        .expect("no report in time")
-        .expect("receiver alive")
+    receiver::next_report(rx, timeout).await.unwrap()
 }
 
 #[tokio::test]
 async fn the_report_stream_reconnects_after_the_scheduler_restarts() {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (addr, first) = start_receiver("127.0.0.1:0".parse().unwrap(), true, tx.clone()).await;
+    let first = ReportReceiver::start("127.0.0.1:0".parse().unwrap(), true, tx.clone())
+        .await
+        .unwrap();
+    let addr = first.addr();
     let dir = tempfile::tempdir().unwrap();
     let extra =
         format!("scheduler: {{endpoints: [\"{addr}\"], backoff_min: 100ms, backoff_max: 1s}}\n");
@@ -383,8 +306,7 @@ async fn the_report_stream_reconnects_after_the_scheduler_restarts() {
     );
 
     // The scheduler goes away: streams end, the port closes.
-    first.stop.send(true).unwrap();
-    first.server.await.unwrap();
+    first.stop().await.unwrap();
     while rx.try_recv().is_ok() {}
     tokio::time::sleep(Duration::from_millis(800)).await;
     let metrics = agent.metrics_text().await.unwrap();
@@ -396,7 +318,7 @@ async fn the_report_stream_reconnects_after_the_scheduler_restarts() {
     );
 
     // It comes back on the same address: the agent reconnects on its own.
-    let (_, _second) = start_receiver(addr, true, tx).await;
+    let _second = ReportReceiver::start(addr, true, tx).await.unwrap();
     let after = next_report(&mut rx, Duration::from_secs(10)).await;
     assert_eq!(
         after.agent_instance, before.agent_instance,
@@ -417,7 +339,10 @@ async fn the_report_stream_reconnects_after_the_scheduler_restarts() {
 #[tokio::test]
 async fn rejected_reports_are_counted() {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (addr, _receiver) = start_receiver("127.0.0.1:0".parse().unwrap(), false, tx).await;
+    let rejecting = ReportReceiver::start("127.0.0.1:0".parse().unwrap(), false, tx)
+        .await
+        .unwrap();
+    let addr = rejecting.addr();
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("scheduler: {{endpoints: [\"{addr}\"]}}\n");
     let agent = AgentProcess::start(&setup(dir.path(), "node-r", 0.3, &extra), &[])

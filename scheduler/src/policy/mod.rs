@@ -1,4 +1,189 @@
 //! Scheduling policy: pure filter and score units over plain structs (no I/O).
+//!
+//! [`schedule`] runs every node through [`Filters`], prices the feasible ones and picks one by
+//! [`ScoreConfig`]; when none is feasible it explains why in kube-scheduler's words.
+pub mod filter;
+pub mod score;
 pub mod types;
 
+#[cfg(test)]
+mod fixtures;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use wattwise_core::{EnergyLevel, Marginal};
+
+pub use filter::{Filter, FilterReason, Filters};
+pub use score::{PolicyKind, ScoreConfig};
 pub use types::*;
+
+use score::Candidate;
+
+/// Where a pod goes and what it costs there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Index into the scheduled node slice.
+    pub node: usize,
+    pub marginal: Marginal,
+    /// The node's own level (`None`: unknown), not the tier assumed for scoring.
+    pub energy: Option<EnergyLevel>,
+    pub fresh: bool,
+    /// How many nodes passed every filter.
+    pub feasible: usize,
+}
+
+/// No node passed the filters. Each node is counted once, under the summary of its first failing
+/// filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable {
+    pub nodes_total: usize,
+    pub reasons: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for Unschedulable {
+    /// kube-scheduler's message: `0/8 nodes are available: 3 Insufficient cpu, 2 node(s) were
+    /// powerless.`, most frequent reason first.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0/{} nodes are available: ", self.nodes_total)?;
+        if self.reasons.is_empty() {
+            return f.write_str("no nodes.");
+        }
+        let mut reasons: Vec<_> = self.reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (i, (reason, count)) in reasons.into_iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{count} {reason}")?;
+        }
+        f.write_str(".")
+    }
+}
+
+impl std::error::Error for Unschedulable {}
+
+/// Picks a node for `pod`, or says why none fits.
+pub fn schedule(
+    pod: &PodRequest,
+    nodes: &[NodeState],
+    filters: &Filters,
+    score: &ScoreConfig,
+) -> Result<Decision, Unschedulable> {
+    let mut candidates = Vec::with_capacity(nodes.len());
+    for (index, node) in nodes.iter().enumerate() {
+        if filters.first_failure(pod, node).is_none() {
+            candidates.push(Candidate {
+                node: index,
+                watts: node.power.price(pod.pricing_cpu_millicores).watts.0,
+                tier: node.energy.unwrap_or(score.unknown_energy),
+                fresh: node.power.fresh,
+            });
+        }
+    }
+    let Some(index) = score::choose(pod, nodes, &candidates, score) else {
+        return Err(explain(pod, nodes, filters));
+    };
+    let node = &nodes[index];
+    Ok(Decision {
+        node: index,
+        marginal: node.power.price(pod.pricing_cpu_millicores),
+        energy: node.energy,
+        fresh: node.power.fresh,
+        feasible: candidates.len(),
+    })
+}
+
+/// Counts reasons in a second pass, so the common case (some node fits) builds no strings.
+fn explain(pod: &PodRequest, nodes: &[NodeState], filters: &Filters) -> Unschedulable {
+    let mut reasons = BTreeMap::<String, usize>::new();
+    for node in nodes {
+        if let Some((_, reason)) = filters.first_failure(pod, node) {
+            let summary = reason.summary();
+            match reasons.get_mut(summary.as_ref()) {
+                Some(count) => *count += 1,
+                None => {
+                    reasons.insert(summary.into_owned(), 1);
+                }
+            }
+        }
+    }
+    Unschedulable {
+        nodes_total: nodes.len(),
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{node, pod, power};
+    use super::*;
+
+    #[test]
+    fn decision_describes_the_chosen_node() {
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let mut cheap = node("cheap");
+        cheap.power = power(100.0, 200.0);
+        cheap.energy = Some(EnergyLevel::WellPowered);
+        let mut full = node("full");
+        full.requested.cpu_millicores = full.allocatable.cpu_millicores;
+        let nodes = [node("default"), cheap, full];
+        let p = pod("p");
+        let d = schedule(&p, &nodes, &filters, &ScoreConfig::default()).unwrap();
+        assert_eq!(d.node, 1);
+        assert_eq!(d.marginal, nodes[1].power.price(500));
+        assert!(
+            (d.marginal.watts.0 - 3.125).abs() < 1e-9,
+            "{:?}",
+            d.marginal
+        );
+        assert_eq!(d.energy, Some(EnergyLevel::WellPowered));
+        assert!(d.fresh);
+        assert_eq!(d.feasible, 2);
+    }
+
+    #[test]
+    fn unschedulable_counts_each_node_once_in_kube_format() {
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let mut n = node(&format!("full-{i}"));
+            n.requested.cpu_millicores = n.allocatable.cpu_millicores;
+            nodes.push(n);
+        }
+        for i in 0..2 {
+            let mut n = node(&format!("powerless-{i}"));
+            n.energy = Some(EnergyLevel::Powerless);
+            nodes.push(n);
+        }
+        for i in 0..2 {
+            let mut n = node(&format!("cordoned-{i}"));
+            n.unschedulable = true;
+            // Also full and powerless: counted only under the first failing filter.
+            n.requested.cpu_millicores = n.allocatable.cpu_millicores;
+            n.energy = Some(EnergyLevel::Powerless);
+            nodes.push(n);
+        }
+        let mut tainted = node("gpu");
+        tainted.taints = vec![Taint {
+            key: "dedicated".into(),
+            value: "gpu".into(),
+            effect: TaintEffect::NoSchedule,
+        }];
+        nodes.push(tainted);
+
+        let err = schedule(&pod("p"), &nodes, &filters, &ScoreConfig::default()).unwrap_err();
+        assert_eq!(err.nodes_total, 8);
+        assert_eq!(err.reasons.values().sum::<usize>(), 8);
+        assert_eq!(
+            err.to_string(),
+            "0/8 nodes are available: 3 Insufficient cpu, 2 node(s) were powerless, \
+             2 node(s) were unschedulable, 1 node(s) had untolerated taint {dedicated: gpu}."
+        );
+    }
+
+    #[test]
+    fn no_nodes_at_all() {
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let err = schedule(&pod("p"), &[], &filters, &ScoreConfig::default()).unwrap_err();
+        assert_eq!(err.to_string(), "0/0 nodes are available: no nodes.");
+    }
+}

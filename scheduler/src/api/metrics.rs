@@ -1,0 +1,271 @@
+//! Prometheus metrics (`wattwise_scheduler_*`), served with `/healthz` and `/readyz`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::queue::QueueDepth;
+
+type CounterF = Counter<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// How one scheduling attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Scheduled,
+    Unschedulable,
+    Error,
+}
+
+/// Every metric the scheduler exports.
+pub struct SchedulerMetrics {
+    registry: Registry,
+    attempts: Family<ResultLabel, Counter>,
+    pod_scheduling_duration: Histogram,
+    decision_duration: Histogram,
+    pending_pods: Family<QueueLabel, Gauge>,
+    bind_errors: Family<ReasonLabel, Counter>,
+    reports: Family<ReasonLabel, Counter>,
+    connected_agents: Gauge,
+    stale_nodes: Gauge,
+    nodes: Gauge,
+    bound_predicted_watts: CounterF,
+    leader: Gauge,
+    events_dropped: Counter,
+    synced: AtomicBool,
+}
+
+impl SchedulerMetrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Registry::default(),
+            attempts: Family::default(),
+            // 1 ms … ~65 s: from an immediate bind to a pod that waited through backoff.
+            pod_scheduling_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 1 µs … ~33 ms: one filter + score pass over every node.
+            decision_duration: Histogram::new(exponential_buckets(0.000_001, 2.0, 16)),
+            pending_pods: Family::default(),
+            bind_errors: Family::default(),
+            reports: Family::default(),
+            connected_agents: Gauge::default(),
+            stale_nodes: Gauge::default(),
+            nodes: Gauge::default(),
+            bound_predicted_watts: CounterF::default(),
+            leader: Gauge::default(),
+            events_dropped: Counter::default(),
+            synced: AtomicBool::new(false),
+        };
+        registry.register(
+            "wattwise_scheduler_schedule_attempts",
+            "Scheduling attempts by result (scheduled, unschedulable, error)",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_pod_scheduling_duration_seconds",
+            "From a pod first queued to its successful bind",
+            m.pod_scheduling_duration.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_decision_duration_seconds",
+            "One filter + score pass over every node for one pod",
+            m.decision_duration.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_pending_pods",
+            "Pods waiting for a node, by queue (active, backoff, unschedulable, in_flight)",
+            m.pending_pods.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_bind_errors",
+            "Failed binds by reason (conflict, error)",
+            m.bind_errors.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_reports",
+            "Agent reports by result (accepted, or the rejection reason)",
+            m.reports.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_connected_agents",
+            "Open agent report streams",
+            m.connected_agents.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_stale_nodes",
+            "Nodes without a fresh report (priced with the default curve)",
+            m.stale_nodes.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_nodes",
+            "Nodes in the scheduler's cache",
+            m.nodes.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_bound_predicted_watts",
+            "Sum of the predicted marginal watts of the pods this scheduler bound",
+            m.bound_predicted_watts.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_leader",
+            "1 while this replica holds the leader Lease (only the leader binds)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_events_dropped",
+            "Events not written because of the events rate limit or an API error",
+            m.events_dropped.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    pub fn attempt(&self, result: AttemptResult) {
+        let result = match result {
+            AttemptResult::Scheduled => "scheduled",
+            AttemptResult::Unschedulable => "unschedulable",
+            AttemptResult::Error => "error",
+        };
+        self.attempts.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn bound(&self, queued_seconds: f64, marginal_watts: f64) {
+        self.pod_scheduling_duration.observe(queued_seconds);
+        self.bound_predicted_watts.inc_by(marginal_watts);
+    }
+
+    pub fn decision(&self, seconds: f64) {
+        self.decision_duration.observe(seconds);
+    }
+
+    pub fn bind_error(&self, reason: &'static str) {
+        self.bind_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn report(&self, reason: &'static str) {
+        self.reports.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn agent_connected(&self) {
+        self.connected_agents.inc();
+    }
+
+    pub fn agent_disconnected(&self) {
+        self.connected_agents.dec();
+    }
+
+    pub fn queue_depth(&self, d: QueueDepth) {
+        for (queue, n) in [
+            ("active", d.active),
+            ("backoff", d.backoff),
+            ("unschedulable", d.unschedulable),
+            ("in_flight", d.in_flight),
+        ] {
+            self.pending_pods
+                .get_or_create(&QueueLabel { queue })
+                .set(n as i64);
+        }
+    }
+
+    pub fn nodes(&self, nodes: usize, stale: usize) {
+        self.nodes.set(nodes as i64);
+        self.stale_nodes.set(stale as i64);
+    }
+
+    pub fn leader(&self, is_leader: bool) {
+        self.leader.set(is_leader as i64);
+    }
+
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
+    }
+
+    /// The node and pod caches hold a full list: decisions may start.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// `/metrics`, `/healthz` (the process answers) and `/readyz` (caches synced).
+pub fn router(metrics: Arc<SchedulerMetrics>) -> Router {
+    let for_metrics = metrics.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = for_metrics.encode();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = metrics.is_synced();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
+                    }
+                }
+            }),
+        )
+}

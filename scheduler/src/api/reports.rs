@@ -1,0 +1,128 @@
+//! `wattwise.v1.PowerReports`: agents stream reports in; each gets exactly one ack, in order.
+//! Every report passes the shared validation (`wattwise_core::validate`) and the cache's checks
+//! (known node, ordered sequence) before it can influence a decision; a rejected report changes
+//! nothing and its reason goes back in the ack and into a metric.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+use wattwise_proto::v1 as pb;
+use wattwise_proto::v1::power_reports_server::PowerReports;
+
+use crate::api::metrics::SchedulerMetrics;
+use crate::cluster::cache::ClusterCache;
+use crate::queue::SchedulingQueue;
+
+pub struct ReportsService {
+    cache: Arc<Mutex<ClusterCache>>,
+    queue: Arc<SchedulingQueue>,
+    metrics: Arc<SchedulerMetrics>,
+    interval: Duration,
+}
+
+impl ReportsService {
+    pub fn new(
+        cache: Arc<Mutex<ClusterCache>>,
+        queue: Arc<SchedulingQueue>,
+        metrics: Arc<SchedulerMetrics>,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            cache,
+            queue,
+            metrics,
+            interval,
+        }
+    }
+}
+
+/// Everything one stream needs, moved into its task.
+struct Ingest {
+    cache: Arc<Mutex<ClusterCache>>,
+    queue: Arc<SchedulingQueue>,
+    metrics: Arc<SchedulerMetrics>,
+    interval: prost_types::Duration,
+    peer: String,
+}
+
+impl Ingest {
+    fn ack(&self, report: pb::NodeReport) -> pb::ReportAck {
+        let sequence = report.sequence;
+        let node = report.node_name.clone();
+        let outcome = wattwise_core::validate(report)
+            .map_err(|e| ("invalid", e.to_string()))
+            .and_then(|valid| {
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                cache
+                    .ingest_report(&valid, Instant::now())
+                    .map_err(|e| (e.kind(), e.to_string()))
+            });
+        match outcome {
+            Ok(()) => {
+                self.metrics.report("accepted");
+                self.queue.cluster_changed();
+                debug!(%node, sequence, "report accepted");
+                pb::ReportAck {
+                    sequence,
+                    accepted: true,
+                    reason: String::new(),
+                    report_interval: Some(self.interval),
+                }
+            }
+            Err((kind, reason)) => {
+                self.metrics.report(kind);
+                warn!(%node, sequence, peer = %self.peer, %reason, "report rejected");
+                pb::ReportAck {
+                    sequence,
+                    accepted: false,
+                    reason,
+                    report_interval: Some(self.interval),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.metrics.agent_disconnected();
+        info!(peer = %self.peer, "agent report stream closed");
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::ReportAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PowerReports for ReportsService {
+    type StreamReportsStream = AckStream;
+
+    async fn stream_reports(
+        &self,
+        request: Request<Streaming<pb::NodeReport>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        info!(%peer, "agent report stream opened");
+        self.metrics.agent_connected();
+        let ingest = Ingest {
+            cache: self.cache.clone(),
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+            interval: self
+                .interval
+                .try_into()
+                .map_err(|_| Status::internal("report interval out of range"))?,
+            peer,
+        };
+        let acks = request
+            .into_inner()
+            .map(move |item| item.map(|report| ingest.ack(report)));
+        Ok(Response::new(Box::pin(acks)))
+    }
+}

@@ -1,0 +1,9 @@
+//! Kubernetes at the edges: objects → policy structs ([`convert`], [`quantity`]), the scheduler's
+//! view of the cluster ([`cache`]) fed by [`watch`], leader election ([`leader`]) and pod
+//! [`events`].
+pub mod cache;
+pub mod convert;
+pub mod events;
+pub mod leader;
+pub mod quantity;
+pub mod watch;

@@ -1,0 +1,811 @@
+//! Feasibility: one small unit per concern, each answering "may this pod run on this node?".
+//!
+//! Rules and reason texts follow kube-scheduler's plugins of the same concern, so an operator
+//! reading `FailedScheduling` events sees familiar wording.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use wattwise_core::EnergyLevel;
+
+use super::types::{
+    HostPort, NodeSelectorTerm, NodeState, PodRequest, SelectorOperator, SelectorRequirement,
+    TaintEffect, Toleration, TolerationOperator,
+};
+
+/// The taint kube puts on cordoned nodes; a pod tolerating it may land on an unschedulable node.
+pub const TAINT_NODE_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+
+/// One feasibility concern.
+pub trait Filter {
+    /// Stable name for logs and metrics (kube's plugin name where one exists).
+    fn name(&self) -> &'static str;
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason>;
+}
+
+/// Why a node cannot take a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterReason {
+    Unschedulable,
+    NotReady,
+    UntoleratedTaint {
+        key: String,
+        value: String,
+    },
+    NodeAffinity,
+    /// Names the resource: `cpu`, `memory`, `ephemeral-storage` or an extended resource.
+    Insufficient(Cow<'static, str>),
+    TooManyPods,
+    HostPortConflict,
+    /// The node's energy level, below the configured floor.
+    Energy(EnergyLevel),
+}
+
+impl FilterReason {
+    /// kube-scheduler's phrasing; pods' unschedulable messages count nodes by this text, so it
+    /// carries no per-node detail except a taint's key and value (as kube's does).
+    pub fn summary(&self) -> Cow<'static, str> {
+        match self {
+            FilterReason::Unschedulable => "node(s) were unschedulable".into(),
+            FilterReason::NotReady => "node(s) were not ready".into(),
+            FilterReason::UntoleratedTaint { key, value } => {
+                format!("node(s) had untolerated taint {{{key}: {value}}}").into()
+            }
+            FilterReason::NodeAffinity => {
+                "node(s) didn't match Pod's node affinity/selector".into()
+            }
+            FilterReason::Insufficient(resource) => format!("Insufficient {resource}").into(),
+            FilterReason::TooManyPods => "Too many pods".into(),
+            FilterReason::HostPortConflict => {
+                "node(s) didn't have free ports for the requested pod ports".into()
+            }
+            FilterReason::Energy(level) => format!("node(s) were {}", level.label()).into(),
+        }
+    }
+}
+
+impl fmt::Display for FilterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary())
+    }
+}
+
+/// kube's `Toleration.ToleratesTaint`: an empty effect matches every effect, an empty key every
+/// key; `Exists` ignores the value, `Equal` compares it.
+fn tolerates(toleration: &Toleration, key: &str, value: &str, effect: TaintEffect) -> bool {
+    if toleration.effect.is_some_and(|e| e != effect) {
+        return false;
+    }
+    if !toleration.key.is_empty() && toleration.key != key {
+        return false;
+    }
+    match toleration.operator {
+        TolerationOperator::Exists => true,
+        TolerationOperator::Equal => toleration.value == value,
+    }
+}
+
+fn any_tolerates(tolerations: &[Toleration], key: &str, value: &str, effect: TaintEffect) -> bool {
+    tolerations.iter().any(|t| tolerates(t, key, value, effect))
+}
+
+/// Cordoned nodes take no pods, except pods that tolerate the unschedulable taint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeUnschedulable;
+
+impl Filter for NodeUnschedulable {
+    fn name(&self) -> &'static str {
+        "NodeUnschedulable"
+    }
+
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        if node.unschedulable
+            && !any_tolerates(
+                &pod.tolerations,
+                TAINT_NODE_UNSCHEDULABLE,
+                "",
+                TaintEffect::NoSchedule,
+            )
+        {
+            return Err(FilterReason::Unschedulable);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeReady;
+
+impl Filter for NodeReady {
+    fn name(&self) -> &'static str {
+        "NodeReady"
+    }
+
+    fn check(&self, _pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        if node.ready {
+            Ok(())
+        } else {
+            Err(FilterReason::NotReady)
+        }
+    }
+}
+
+/// The first NoSchedule or NoExecute taint the pod does not tolerate fails the node;
+/// PreferNoSchedule is a scoring hint in kube, not a filter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaintToleration;
+
+impl Filter for TaintToleration {
+    fn name(&self) -> &'static str {
+        "TaintToleration"
+    }
+
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        let untolerated = node.taints.iter().find(|taint| {
+            taint.effect != TaintEffect::PreferNoSchedule
+                && !any_tolerates(&pod.tolerations, &taint.key, &taint.value, taint.effect)
+        });
+        match untolerated {
+            Some(taint) => Err(FilterReason::UntoleratedTaint {
+                key: taint.key.clone(),
+                value: taint.value.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `nodeSelector` (every pair) and required node affinity (any term).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeAffinity;
+
+impl Filter for NodeAffinity {
+    fn name(&self) -> &'static str {
+        "NodeAffinity"
+    }
+
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        let selector = pod
+            .node_selector
+            .iter()
+            .all(|(key, value)| node.labels.get(key) == Some(value));
+        let affinity = pod.required_node_affinity.is_empty()
+            || pod
+                .required_node_affinity
+                .iter()
+                .any(|term| term_matches(term, node));
+        if selector && affinity {
+            Ok(())
+        } else {
+            Err(FilterReason::NodeAffinity)
+        }
+    }
+}
+
+fn term_matches(term: &NodeSelectorTerm, node: &NodeState) -> bool {
+    // kube: a term without requirements selects no node, rather than every node.
+    if term.match_expressions.is_empty() && term.match_fields.is_empty() {
+        return false;
+    }
+    term.match_expressions
+        .iter()
+        .all(|requirement| label_matches(requirement, node))
+        && term
+            .match_fields
+            .iter()
+            .all(|requirement| field_matches(requirement, node))
+}
+
+fn label_matches(requirement: &SelectorRequirement, node: &NodeState) -> bool {
+    let label = node.labels.get(&requirement.key);
+    match requirement.operator {
+        SelectorOperator::In => label.is_some_and(|v| requirement.values.contains(v)),
+        SelectorOperator::NotIn => label.is_none_or(|v| !requirement.values.contains(v)),
+        SelectorOperator::Exists => label.is_some(),
+        SelectorOperator::DoesNotExist => label.is_none(),
+        SelectorOperator::Gt | SelectorOperator::Lt => {
+            let (Some(label), [bound]) = (label, requirement.values.as_slice()) else {
+                return false;
+            };
+            let (Ok(label), Ok(bound)) = (label.parse::<i64>(), bound.parse::<i64>()) else {
+                return false;
+            };
+            if requirement.operator == SelectorOperator::Gt {
+                label > bound
+            } else {
+                label < bound
+            }
+        }
+    }
+}
+
+/// kube allows only `metadata.name` with `In` or `NotIn` in `matchFields`; anything else matches
+/// nothing.
+fn field_matches(requirement: &SelectorRequirement, node: &NodeState) -> bool {
+    if requirement.key != "metadata.name" {
+        return false;
+    }
+    let listed = requirement.values.contains(&node.name);
+    match requirement.operator {
+        SelectorOperator::In => listed,
+        SelectorOperator::NotIn => !listed,
+        _ => false,
+    }
+}
+
+/// Requests against allocatable, as kube's NodeResourcesFit: the pod count first, then every
+/// resource the pod asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResourcesFit;
+
+impl Filter for ResourcesFit {
+    fn name(&self) -> &'static str {
+        "NodeResourcesFit"
+    }
+
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        let (want, used, have) = (&pod.requests, &node.requested, &node.allocatable);
+        if used.pods.saturating_add(1) > have.pods {
+            return Err(FilterReason::TooManyPods);
+        }
+        for (resource, want, used, have) in [
+            (
+                "cpu",
+                want.cpu_millicores,
+                used.cpu_millicores,
+                have.cpu_millicores,
+            ),
+            (
+                "memory",
+                want.memory_bytes,
+                used.memory_bytes,
+                have.memory_bytes,
+            ),
+            (
+                "ephemeral-storage",
+                want.ephemeral_storage_bytes,
+                used.ephemeral_storage_bytes,
+                have.ephemeral_storage_bytes,
+            ),
+        ] {
+            if want > 0 && used.saturating_add(want) > have {
+                return Err(FilterReason::Insufficient(Cow::Borrowed(resource)));
+            }
+        }
+        for (resource, &want) in &want.extended {
+            let used = used.extended.get(resource).copied().unwrap_or(0);
+            // A node without the resource at all has none allocatable.
+            let have = have.extended.get(resource).copied().unwrap_or(0);
+            if want > 0 && used.saturating_add(want) > have {
+                return Err(FilterReason::Insufficient(Cow::Owned(resource.clone())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Host ports, as kube's NodePorts: same protocol and port on overlapping addresses conflict.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostPorts;
+
+impl Filter for HostPorts {
+    fn name(&self) -> &'static str {
+        "NodePorts"
+    }
+
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        let conflict = pod.host_ports.iter().any(|wanted| {
+            node.used_host_ports
+                .iter()
+                .any(|used| ports_conflict(wanted, used))
+        });
+        if conflict {
+            Err(FilterReason::HostPortConflict)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn ports_conflict(a: &HostPort, b: &HostPort) -> bool {
+    // Port 0 means "no host port" in a container spec; kube skips it.
+    a.port != 0
+        && a.port == b.port
+        && a.protocol == b.protocol
+        && (a.host_ip == b.host_ip
+            || binds_every_address(&a.host_ip)
+            || binds_every_address(&b.host_ip))
+}
+
+fn binds_every_address(host_ip: &str) -> bool {
+    host_ip.is_empty() || host_ip == "0.0.0.0"
+}
+
+/// Nodes whose stored energy is below `lowest_allowed` get no new pods; nodes of unknown level
+/// (e.g. grid-powered, no report) pass.
+#[derive(Debug, Clone, Copy)]
+pub struct EnergyFloor {
+    pub lowest_allowed: EnergyLevel,
+}
+
+impl Default for EnergyFloor {
+    /// Powerless nodes get no new pods, as in the original energy-level filter.
+    fn default() -> Self {
+        Self {
+            lowest_allowed: EnergyLevel::LowPowered,
+        }
+    }
+}
+
+impl Filter for EnergyFloor {
+    fn name(&self) -> &'static str {
+        "EnergyFloor"
+    }
+
+    fn check(&self, _pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
+        match node.energy {
+            Some(level) if level < self.lowest_allowed => Err(FilterReason::Energy(level)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An ordered filter chain; the first failing unit names the node's reason.
+pub struct Filters(pub Vec<Box<dyn Filter + Send + Sync>>);
+
+impl Filters {
+    /// kube's checks, then the energy floor last, so a node failing both is counted under the
+    /// reason kube users know.
+    pub fn standard(lowest_energy: EnergyLevel) -> Self {
+        Self(vec![
+            Box::new(NodeUnschedulable),
+            Box::new(NodeReady),
+            Box::new(TaintToleration),
+            Box::new(NodeAffinity),
+            Box::new(ResourcesFit),
+            Box::new(HostPorts),
+            Box::new(EnergyFloor {
+                lowest_allowed: lowest_energy,
+            }),
+        ])
+    }
+
+    /// The first unit that rejects `node`, with its reason; `None` when the node is feasible.
+    pub fn first_failure(
+        &self,
+        pod: &PodRequest,
+        node: &NodeState,
+    ) -> Option<(&'static str, FilterReason)> {
+        self.0
+            .iter()
+            .find_map(|filter| filter.check(pod, node).err().map(|r| (filter.name(), r)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::fixtures::{node, pod};
+    use crate::policy::types::{Protocol, Taint};
+
+    fn toleration(
+        key: &str,
+        operator: TolerationOperator,
+        value: &str,
+        effect: Option<TaintEffect>,
+    ) -> Toleration {
+        Toleration {
+            key: key.into(),
+            operator,
+            value: value.into(),
+            effect,
+        }
+    }
+
+    fn taint(key: &str, value: &str, effect: TaintEffect) -> Taint {
+        Taint {
+            key: key.into(),
+            value: value.into(),
+            effect,
+        }
+    }
+
+    fn requirement(key: &str, operator: SelectorOperator, values: &[&str]) -> SelectorRequirement {
+        SelectorRequirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    fn expressions(requirements: Vec<SelectorRequirement>) -> NodeSelectorTerm {
+        NodeSelectorTerm {
+            match_expressions: requirements,
+            match_fields: vec![],
+        }
+    }
+
+    #[test]
+    fn cordoned_node_fails_unless_the_pod_tolerates_the_unschedulable_taint() {
+        let mut n = node("n1");
+        let mut p = pod("p");
+        assert_eq!(NodeUnschedulable.check(&p, &n), Ok(()));
+        n.unschedulable = true;
+        assert_eq!(
+            NodeUnschedulable.check(&p, &n),
+            Err(FilterReason::Unschedulable)
+        );
+        p.tolerations = vec![toleration(
+            TAINT_NODE_UNSCHEDULABLE,
+            TolerationOperator::Exists,
+            "",
+            Some(TaintEffect::NoSchedule),
+        )];
+        assert_eq!(NodeUnschedulable.check(&p, &n), Ok(()));
+        // A NoExecute-only toleration does not cover the NoSchedule taint.
+        p.tolerations[0].effect = Some(TaintEffect::NoExecute);
+        assert!(NodeUnschedulable.check(&p, &n).is_err());
+        // Tolerate-everything (empty key, Exists, any effect) does.
+        p.tolerations = vec![toleration("", TolerationOperator::Exists, "", None)];
+        assert_eq!(NodeUnschedulable.check(&p, &n), Ok(()));
+    }
+
+    #[test]
+    fn not_ready_node_fails() {
+        let mut n = node("n1");
+        let p = pod("p");
+        assert_eq!(NodeReady.check(&p, &n), Ok(()));
+        n.ready = false;
+        assert_eq!(NodeReady.check(&p, &n), Err(FilterReason::NotReady));
+    }
+
+    #[test]
+    fn untolerated_noschedule_and_noexecute_taints_fail_prefer_noschedule_does_not() {
+        let mut n = node("n1");
+        let p = pod("p");
+        n.taints = vec![taint("soft", "", TaintEffect::PreferNoSchedule)];
+        assert_eq!(TaintToleration.check(&p, &n), Ok(()));
+        n.taints
+            .push(taint("dedicated", "gpu", TaintEffect::NoSchedule));
+        assert_eq!(
+            TaintToleration.check(&p, &n),
+            Err(FilterReason::UntoleratedTaint {
+                key: "dedicated".into(),
+                value: "gpu".into()
+            })
+        );
+        n.taints = vec![taint("evict", "", TaintEffect::NoExecute)];
+        assert!(TaintToleration.check(&p, &n).is_err());
+    }
+
+    #[test]
+    fn toleration_matching_follows_kube() {
+        let mut n = node("n1");
+        let mut p = pod("p");
+        n.taints = vec![
+            taint("dedicated", "gpu", TaintEffect::NoSchedule),
+            taint("evict", "soon", TaintEffect::NoExecute),
+        ];
+        // Empty key + Exists tolerates every taint.
+        p.tolerations = vec![toleration("", TolerationOperator::Exists, "", None)];
+        assert_eq!(TaintToleration.check(&p, &n), Ok(()));
+
+        // Equal compares the value; Exists ignores it; effect None covers both effects.
+        p.tolerations = vec![
+            toleration("dedicated", TolerationOperator::Equal, "gpu", None),
+            toleration("evict", TolerationOperator::Exists, "ignored", None),
+        ];
+        assert_eq!(TaintToleration.check(&p, &n), Ok(()));
+        p.tolerations[0].value = "cpu".into();
+        assert_eq!(
+            TaintToleration.check(&p, &n),
+            Err(FilterReason::UntoleratedTaint {
+                key: "dedicated".into(),
+                value: "gpu".into()
+            })
+        );
+
+        // An effect that differs from the taint's does not tolerate it.
+        p.tolerations = vec![
+            toleration(
+                "dedicated",
+                TolerationOperator::Equal,
+                "gpu",
+                Some(TaintEffect::NoSchedule),
+            ),
+            toleration(
+                "evict",
+                TolerationOperator::Exists,
+                "",
+                Some(TaintEffect::NoSchedule),
+            ),
+        ];
+        assert_eq!(
+            TaintToleration.check(&p, &n),
+            Err(FilterReason::UntoleratedTaint {
+                key: "evict".into(),
+                value: "soon".into()
+            })
+        );
+    }
+
+    #[test]
+    fn node_selector_needs_every_pair() {
+        let mut n = node("n1");
+        let mut p = pod("p");
+        n.labels.insert("zone".into(), "a".into());
+        n.labels.insert("disk".into(), "ssd".into());
+        p.node_selector.insert("zone".into(), "a".into());
+        assert_eq!(NodeAffinity.check(&p, &n), Ok(()));
+        p.node_selector.insert("disk".into(), "hdd".into());
+        assert_eq!(NodeAffinity.check(&p, &n), Err(FilterReason::NodeAffinity));
+    }
+
+    #[test]
+    fn affinity_terms_are_ored_and_their_requirements_anded() {
+        let mut n = node("n1");
+        let mut p = pod("p");
+        n.labels.insert("zone".into(), "a".into());
+        n.labels.insert("gen".into(), "5".into());
+        p.required_node_affinity = vec![
+            expressions(vec![
+                requirement("zone", SelectorOperator::In, &["a", "b"]),
+                requirement("gen", SelectorOperator::In, &["6"]),
+            ]),
+            expressions(vec![requirement("zone", SelectorOperator::In, &["c"])]),
+        ];
+        assert!(NodeAffinity.check(&p, &n).is_err());
+        p.required_node_affinity.push(expressions(vec![requirement(
+            "gen",
+            SelectorOperator::Exists,
+            &[],
+        )]));
+        assert_eq!(NodeAffinity.check(&p, &n), Ok(()));
+        // The node selector still applies alongside affinity.
+        p.node_selector.insert("zone".into(), "b".into());
+        assert!(NodeAffinity.check(&p, &n).is_err());
+    }
+
+    #[test]
+    fn an_empty_term_matches_nothing() {
+        let n = node("n1");
+        let mut p = pod("p");
+        p.required_node_affinity = vec![NodeSelectorTerm::default()];
+        assert_eq!(NodeAffinity.check(&p, &n), Err(FilterReason::NodeAffinity));
+    }
+
+    #[test]
+    fn selector_operators() {
+        let mut n = node("n1");
+        n.labels.insert("zone".into(), "a".into());
+        n.labels.insert("cores".into(), "64".into());
+        n.labels.insert("name".into(), "big".into());
+        let matches = |r: SelectorRequirement| label_matches(&r, &n);
+        use SelectorOperator::*;
+        assert!(matches(requirement("zone", In, &["a", "b"])));
+        assert!(!matches(requirement("zone", In, &["b"])));
+        assert!(!matches(requirement("missing", In, &["a"])));
+        assert!(matches(requirement("zone", NotIn, &["b"])));
+        assert!(!matches(requirement("zone", NotIn, &["a"])));
+        assert!(
+            matches(requirement("missing", NotIn, &["a"])),
+            "absent label is not in"
+        );
+        assert!(matches(requirement("zone", Exists, &[])));
+        assert!(!matches(requirement("missing", Exists, &[])));
+        assert!(matches(requirement("missing", DoesNotExist, &[])));
+        assert!(!matches(requirement("zone", DoesNotExist, &[])));
+        assert!(matches(requirement("cores", Gt, &["32"])));
+        assert!(!matches(requirement("cores", Gt, &["64"])));
+        assert!(matches(requirement("cores", Lt, &["65"])));
+        assert!(!matches(requirement("cores", Lt, &["64"])));
+        assert!(matches(requirement("cores", Gt, &["-1"])));
+        // Unparsable label or bound, a missing label, or not exactly one value: no match.
+        assert!(!matches(requirement("name", Gt, &["1"])));
+        assert!(!matches(requirement("name", Lt, &["1"])));
+        assert!(!matches(requirement("cores", Gt, &["many"])));
+        assert!(!matches(requirement("missing", Lt, &["1"])));
+        assert!(!matches(requirement("cores", Gt, &["1", "2"])));
+        assert!(!matches(requirement("cores", Gt, &[])));
+    }
+
+    #[test]
+    fn match_fields_support_only_metadata_name_in_and_not_in() {
+        let n = node("n1");
+        let mut p = pod("p");
+        let fields = |r: SelectorRequirement| NodeSelectorTerm {
+            match_expressions: vec![],
+            match_fields: vec![r],
+        };
+        use SelectorOperator::*;
+        p.required_node_affinity = vec![fields(requirement("metadata.name", In, &["n1"]))];
+        assert_eq!(NodeAffinity.check(&p, &n), Ok(()));
+        p.required_node_affinity = vec![fields(requirement("metadata.name", In, &["n2"]))];
+        assert!(NodeAffinity.check(&p, &n).is_err());
+        p.required_node_affinity = vec![fields(requirement("metadata.name", NotIn, &["n2"]))];
+        assert_eq!(NodeAffinity.check(&p, &n), Ok(()));
+        p.required_node_affinity = vec![fields(requirement("metadata.name", NotIn, &["n1"]))];
+        assert!(NodeAffinity.check(&p, &n).is_err());
+        p.required_node_affinity = vec![fields(requirement("metadata.name", Exists, &[]))];
+        assert!(NodeAffinity.check(&p, &n).is_err());
+        p.required_node_affinity = vec![fields(requirement("metadata.uid", In, &["n1"]))];
+        assert!(NodeAffinity.check(&p, &n).is_err());
+    }
+
+    #[test]
+    fn resources_fit_up_to_allocatable_exactly() {
+        let mut n = node("n1");
+        let p = pod("p");
+        n.allocatable.cpu_millicores = 4000;
+        n.requested.cpu_millicores = 3500;
+        assert_eq!(ResourcesFit.check(&p, &n), Ok(()), "500m fits in 500m");
+        n.requested.cpu_millicores = 3501;
+        assert_eq!(
+            ResourcesFit.check(&p, &n),
+            Err(FilterReason::Insufficient("cpu".into()))
+        );
+        n.requested.cpu_millicores = 0;
+        n.requested.memory_bytes = n.allocatable.memory_bytes;
+        assert_eq!(
+            ResourcesFit.check(&p, &n).unwrap_err().summary(),
+            "Insufficient memory"
+        );
+    }
+
+    #[test]
+    fn resources_fit_checks_storage_pods_and_extended_resources() {
+        let mut n = node("n1");
+        let mut p = pod("p");
+        p.requests.ephemeral_storage_bytes = 1 << 30;
+        n.allocatable.ephemeral_storage_bytes = 1 << 29;
+        assert_eq!(
+            ResourcesFit.check(&p, &n).unwrap_err().summary(),
+            "Insufficient ephemeral-storage"
+        );
+        p.requests.ephemeral_storage_bytes = 0;
+        assert_eq!(ResourcesFit.check(&p, &n), Ok(()));
+
+        n.requested.pods = n.allocatable.pods;
+        assert_eq!(ResourcesFit.check(&p, &n), Err(FilterReason::TooManyPods));
+        assert_eq!(FilterReason::TooManyPods.summary(), "Too many pods");
+        n.requested.pods = 0;
+
+        p.requests.extended.insert("nvidia.com/gpu".into(), 1);
+        assert_eq!(
+            ResourcesFit.check(&p, &n).unwrap_err().summary(),
+            "Insufficient nvidia.com/gpu",
+            "a node without the resource at all"
+        );
+        n.allocatable.extended.insert("nvidia.com/gpu".into(), 2);
+        assert_eq!(ResourcesFit.check(&p, &n), Ok(()));
+        n.requested.extended.insert("nvidia.com/gpu".into(), 2);
+        assert!(ResourcesFit.check(&p, &n).is_err());
+    }
+
+    #[test]
+    fn zero_requests_fit_an_overcommitted_node() {
+        let mut n = node("n1");
+        let mut p = pod("p");
+        p.requests.cpu_millicores = 0;
+        n.requested.cpu_millicores = n.allocatable.cpu_millicores + 1;
+        assert_eq!(ResourcesFit.check(&p, &n), Ok(()));
+    }
+
+    #[test]
+    fn host_ports_conflict_on_same_protocol_port_and_overlapping_address() {
+        let port = |ip: &str, protocol, port| HostPort {
+            host_ip: ip.into(),
+            protocol,
+            port,
+        };
+        let mut n = node("n1");
+        let mut p = pod("p");
+        n.used_host_ports = vec![port("10.0.0.1", Protocol::Tcp, 8080)];
+        p.host_ports = vec![port("10.0.0.1", Protocol::Tcp, 8080)];
+        assert_eq!(HostPorts.check(&p, &n), Err(FilterReason::HostPortConflict));
+        for wildcard in ["", "0.0.0.0"] {
+            p.host_ports = vec![port(wildcard, Protocol::Tcp, 8080)];
+            assert!(HostPorts.check(&p, &n).is_err(), "{wildcard:?} pod side");
+        }
+        n.used_host_ports = vec![port("0.0.0.0", Protocol::Tcp, 8080)];
+        p.host_ports = vec![port("10.0.0.2", Protocol::Tcp, 8080)];
+        assert!(HostPorts.check(&p, &n).is_err(), "wildcard node side");
+
+        n.used_host_ports = vec![port("10.0.0.1", Protocol::Tcp, 8080)];
+        for free in [
+            port("10.0.0.2", Protocol::Tcp, 8080),
+            port("10.0.0.1", Protocol::Udp, 8080),
+            port("10.0.0.1", Protocol::Tcp, 8081),
+        ] {
+            p.host_ports = vec![free.clone()];
+            assert_eq!(HostPorts.check(&p, &n), Ok(()), "{free:?}");
+        }
+    }
+
+    #[test]
+    fn energy_floor_rejects_levels_below_it_and_passes_unknown() {
+        let mut n = node("n1");
+        let p = pod("p");
+        let floor = EnergyFloor::default();
+        assert_eq!(floor.lowest_allowed, EnergyLevel::LowPowered);
+        assert_eq!(floor.check(&p, &n), Ok(()), "unknown level");
+        n.energy = Some(EnergyLevel::Powerless);
+        assert_eq!(
+            floor.check(&p, &n),
+            Err(FilterReason::Energy(EnergyLevel::Powerless))
+        );
+        assert_eq!(
+            floor.check(&p, &n).unwrap_err().summary(),
+            "node(s) were powerless"
+        );
+        n.energy = Some(EnergyLevel::LowPowered);
+        assert_eq!(floor.check(&p, &n), Ok(()));
+        let strict = EnergyFloor {
+            lowest_allowed: EnergyLevel::Vulnerable,
+        };
+        assert_eq!(
+            strict.check(&p, &n).unwrap_err().summary(),
+            "node(s) were low-powered"
+        );
+    }
+
+    #[test]
+    fn summaries_use_kube_wording() {
+        use FilterReason::*;
+        for (reason, text) in [
+            (Unschedulable, "node(s) were unschedulable"),
+            (NotReady, "node(s) were not ready"),
+            (
+                UntoleratedTaint {
+                    key: "dedicated".into(),
+                    value: "gpu".into(),
+                },
+                "node(s) had untolerated taint {dedicated: gpu}",
+            ),
+            (
+                NodeAffinity,
+                "node(s) didn't match Pod's node affinity/selector",
+            ),
+            (Insufficient("cpu".into()), "Insufficient cpu"),
+            (
+                HostPortConflict,
+                "node(s) didn't have free ports for the requested pod ports",
+            ),
+        ] {
+            assert_eq!(reason.summary(), text);
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn the_chain_reports_its_first_failing_unit() {
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let p = pod("p");
+        let mut n = node("n1");
+        assert_eq!(filters.first_failure(&p, &n), None);
+        n.energy = Some(EnergyLevel::Powerless);
+        n.requested.cpu_millicores = n.allocatable.cpu_millicores;
+        assert_eq!(
+            filters.first_failure(&p, &n),
+            Some(("NodeResourcesFit", FilterReason::Insufficient("cpu".into())))
+        );
+        n.unschedulable = true;
+        assert_eq!(
+            filters.first_failure(&p, &n),
+            Some(("NodeUnschedulable", FilterReason::Unschedulable))
+        );
+        let names: Vec<_> = filters.0.iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "NodeUnschedulable",
+                "NodeReady",
+                "TaintToleration",
+                "NodeAffinity",
+                "NodeResourcesFit",
+                "NodePorts",
+                "EnergyFloor"
+            ]
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Plain nodes and pods for the policy's unit tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wattwise_core::PowerCurve;
+
+use super::types::{NodePower, NodeState, PodRequest, Resources};
+
+/// A ready, empty 16-core node on a 100–300 W linear curve at 20 % load, fresh, energy unknown.
+pub fn node(name: &str) -> NodeState {
+    NodeState {
+        name: name.into(),
+        labels: BTreeMap::from([("kubernetes.io/hostname".into(), name.into())]),
+        unschedulable: false,
+        ready: true,
+        taints: vec![],
+        allocatable: Resources {
+            cpu_millicores: 16_000,
+            memory_bytes: 64 << 30,
+            ephemeral_storage_bytes: 100 << 30,
+            pods: 110,
+            extended: BTreeMap::new(),
+        },
+        requested: Resources::default(),
+        used_host_ports: vec![],
+        energy: None,
+        power: power(100.0, 300.0),
+    }
+}
+
+/// A fresh report on a linear idle–peak curve at 20 % load of 16 cores.
+pub fn power(idle_watts: f64, peak_watts: f64) -> NodePower {
+    NodePower {
+        curve: Arc::new(PowerCurve::linear(idle_watts, peak_watts).unwrap()),
+        utilisation: 0.2,
+        capacity_millicores: 16_000,
+        bound_since_report_millicores: 0,
+        fresh: true,
+    }
+}
+
+/// A 500m / 512 MiB pod with no constraints.
+pub fn pod(uid: &str) -> PodRequest {
+    PodRequest {
+        namespace: "default".into(),
+        name: uid.into(),
+        uid: uid.into(),
+        priority: 0,
+        requests: Resources {
+            cpu_millicores: 500,
+            memory_bytes: 512 << 20,
+            ephemeral_storage_bytes: 0,
+            pods: 1,
+            extended: BTreeMap::new(),
+        },
+        pricing_cpu_millicores: 500,
+        node_selector: BTreeMap::new(),
+        required_node_affinity: vec![],
+        tolerations: vec![],
+        host_ports: vec![],
+    }
+}

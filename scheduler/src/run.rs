@@ -1,0 +1,227 @@
+//! Wires the scheduler together: watches → cache + queue; gRPC report ingest → cache; leader
+//! election → decision loop → binds and events; metrics.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kube::Client;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+use wattwise_core::PowerCurve;
+use wattwise_proto::v1::power_reports_server::PowerReportsServer;
+
+use crate::api::metrics::{self, SchedulerMetrics};
+use crate::api::reports::ReportsService;
+use crate::cluster::cache::{CacheSettings, ClusterCache};
+use crate::cluster::events::EventRecorder;
+use crate::cluster::leader::{LeaderElector, LeaseSettings};
+use crate::cluster::watch::{self, Synced};
+use crate::config::SchedulerConfig;
+use crate::policy::Filters;
+use crate::queue::{QueueSettings, SchedulingQueue};
+use crate::scheduling::DecisionLoop;
+
+/// Addresses the scheduler actually listens on (ports may have been 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// This replica's identity: configured, else the host name (the pod name in a Deployment).
+pub fn default_identity() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("wattwise-scheduler-{}", std::process::id()))
+}
+
+/// Starts everything and runs until `shutdown` resolves. Startup problems (config, ports) are
+/// errors; runtime problems (API server away, agents gone, bad reports) are logged, exported and
+/// retried, never fatal.
+pub async fn run(
+    config: SchedulerConfig,
+    client: Client,
+    on_bound: impl FnOnce(Bound),
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let identity = config.identity.clone().unwrap_or_else(default_identity);
+    let metrics = SchedulerMetrics::new();
+    let default_curve = Arc::new(
+        PowerCurve::linear(
+            config.reports.default_idle_watts,
+            config.reports.default_peak_watts,
+        )
+        .context("reports.default_idle_watts/default_peak_watts")?,
+    );
+    let cache = Arc::new(Mutex::new(ClusterCache::new(CacheSettings {
+        scheduler_name: config.scheduler_name.clone(),
+        energy_label: config.policy.energy_label.clone(),
+        default_cpu_millicores: config.policy.default_cpu_millicores,
+        stale_after: config.reports.stale_after(),
+        default_curve,
+    })));
+    let queue = Arc::new(SchedulingQueue::new(QueueSettings {
+        backoff_initial: config.binding.backoff_initial,
+        backoff_max: config.binding.backoff_max,
+        unschedulable_retry: config.binding.unschedulable_retry,
+    }));
+
+    let grpc_listener = listen(config.grpc.listen, "grpc.listen").await?;
+    let metrics_listener = listen(config.metrics.listen, "metrics.listen").await?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        metrics: metrics_listener.local_addr()?,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PowerReportsServer<ReportsService>>()
+        .await;
+    let (reflection_v1, reflection_v1alpha) = wattwise_proto::reflection_services()?;
+    let reports = ReportsService::new(
+        cache.clone(),
+        queue.clone(),
+        metrics.clone(),
+        config.reports.interval,
+    );
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PowerReportsServer::new(reports))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
+    );
+    let http =
+        tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
+
+    let synced = Arc::new(Synced::default());
+    let watches = [
+        tokio::spawn(watch::watch_nodes(
+            client.clone(),
+            cache.clone(),
+            queue.clone(),
+            synced.clone(),
+        )),
+        tokio::spawn(watch::watch_pods(
+            client.clone(),
+            cache.clone(),
+            queue.clone(),
+            synced.clone(),
+        )),
+    ];
+
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let (stop_election_tx, stop_election_rx) = tokio::sync::oneshot::channel::<()>();
+    let election = if config.leader_election.enabled {
+        let le = &config.leader_election;
+        let namespace = le
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let elector = LeaderElector::new(
+            client.clone(),
+            LeaseSettings {
+                namespace,
+                name: le.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: le.lease_duration,
+                renew_deadline: le.renew_deadline,
+                retry_period: le.retry_period,
+            },
+        );
+        Some(tokio::spawn(elector.run(leader_tx, async {
+            let _ = stop_election_rx.await;
+        })))
+    } else {
+        let _ = leader_tx.send(true);
+        // Keep the sender alive: a dropped sender would end the decision loop.
+        tokio::spawn(async move {
+            let _ = stop_election_rx.await;
+            drop(leader_tx);
+        });
+        None
+    };
+
+    let decisions = Arc::new(DecisionLoop {
+        client: client.clone(),
+        cache: cache.clone(),
+        queue: queue.clone(),
+        filters: Arc::new(Filters::standard(config.policy.lowest_energy_level)),
+        score: config.policy.score_config(),
+        events: EventRecorder::new(
+            client.clone(),
+            &config.scheduler_name,
+            &identity,
+            &config.events,
+            metrics.clone(),
+        ),
+        metrics: metrics.clone(),
+        bind_slots: Arc::new(Semaphore::new(config.binding.concurrency)),
+    });
+    let gauges = {
+        let (queue, metrics, cache) = (queue.clone(), metrics.clone(), cache.clone());
+        let mut leader = leader_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                // Leadership shows at once; the rest once a second.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = leader.changed() => if changed.is_err() { return },
+                }
+                metrics.leader(*leader.borrow_and_update());
+                metrics.queue_depth(queue.depth());
+                let summary = cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .refresh_power(std::time::Instant::now());
+                metrics.nodes(summary.nodes, summary.stale_nodes);
+            }
+        })
+    };
+    let decide = {
+        let synced = synced.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            // Deciding on a partial list could overfill nodes whose pods are not listed yet.
+            while !synced.all() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            metrics.set_synced();
+            decisions.run(leader_rx).await;
+        })
+    };
+    info!(%identity, scheduler_name = %config.scheduler_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-scheduler serving");
+    on_bound(bound);
+
+    tokio::select! {
+        _ = shutdown => info!("shutting down"),
+        r = grpc => r?.context("gRPC server stopped")?,
+        r = http => r?.context("metrics server stopped")?,
+    }
+    decide.abort();
+    gauges.abort();
+    for w in watches {
+        w.abort();
+    }
+    let _ = stop_election_tx.send(());
+    if let Some(election) = election {
+        // Releasing the Lease lets a standby take over at once instead of after lease_duration.
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    }
+    Ok(())
+}
+
+async fn listen(addr: SocketAddr, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}

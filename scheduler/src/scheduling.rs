@@ -1,0 +1,198 @@
+//! The decision loop: while this replica leads, take the next pending pod, run the policy over
+//! the cache, assume the pod on the chosen node and bind it in the background. Decisions are
+//! serial (each sees the previous one's assumption); binds run concurrently up to a limit.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+use wattwise_core::EnergyLevel;
+
+use crate::api::metrics::{AttemptResult, SchedulerMetrics};
+use crate::cluster::cache::ClusterCache;
+use crate::cluster::events::{EventKind, EventRecorder, PodRef};
+use crate::policy::{self, Decision, Filters, PodRequest, ScoreConfig};
+use crate::queue::{Popped, SchedulingQueue};
+
+pub struct DecisionLoop {
+    pub client: Client,
+    pub cache: Arc<Mutex<ClusterCache>>,
+    pub queue: Arc<SchedulingQueue>,
+    pub filters: Arc<Filters>,
+    pub score: ScoreConfig,
+    pub events: EventRecorder,
+    pub metrics: Arc<SchedulerMetrics>,
+    pub bind_slots: Arc<Semaphore>,
+}
+
+/// What a bind task needs.
+struct Placement {
+    popped: Popped,
+    pod: Arc<PodRequest>,
+    node: String,
+    decision: Decision,
+    assumed_at: Instant,
+}
+
+impl DecisionLoop {
+    /// Runs until the process ends; decides only while `leader` is true.
+    pub async fn run(self: Arc<Self>, mut leader: watch::Receiver<bool>) {
+        loop {
+            if leader.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            let popped = tokio::select! {
+                p = self.queue.pop() => p,
+                _ = leader.changed() => continue,
+            };
+            // A bind slot first, so that no more pods are assumed than can be bound.
+            let Ok(permit) = self.bind_slots.clone().acquire_owned().await else {
+                return;
+            };
+            if !*leader.borrow() {
+                self.queue.release(&popped.key);
+                continue;
+            }
+            self.decide(popped, permit);
+        }
+    }
+
+    fn decide(self: &Arc<Self>, popped: Popped, permit: OwnedSemaphorePermit) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pod) = cache.pending(&popped.key) else {
+            // Bound by someone else, deleted, or no longer ours since it was queued.
+            self.queue.remove(&popped.key);
+            return;
+        };
+        let now = Instant::now();
+        let summary = cache.refresh_power(now);
+        self.metrics.nodes(summary.nodes, summary.stale_nodes);
+        let started = Instant::now();
+        let result = policy::schedule(&pod, cache.nodes(), &self.filters, &self.score);
+        self.metrics.decision(started.elapsed().as_secs_f64());
+        match result {
+            Ok(decision) => {
+                let node = cache.nodes()[decision.node].name.clone();
+                cache.assume(&popped.key, &pod, &node, now);
+                drop(cache);
+                debug!(pod = %popped.key, %node, marginal = %decision.marginal.watts, "assumed");
+                let placement = Placement {
+                    popped,
+                    pod,
+                    node,
+                    decision,
+                    assumed_at: now,
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.bind(placement).await;
+                    drop(permit);
+                });
+            }
+            Err(unschedulable) => {
+                drop(cache);
+                let message = unschedulable.to_string();
+                info!(pod = %popped.key, reason = %message, "unschedulable");
+                self.metrics.attempt(AttemptResult::Unschedulable);
+                self.queue.unschedulable(&popped.key, now);
+                self.events
+                    .record(pod_ref(&pod), EventKind::FailedScheduling, message);
+            }
+        }
+    }
+
+    async fn bind(&self, p: Placement) {
+        let pod = &p.pod;
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(p.node.clone()),
+                ..Default::default()
+            },
+        };
+        let result = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace)
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                &pod.name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                self.queue.remove(&p.popped.key);
+                let watts = p.decision.marginal.watts;
+                self.metrics.attempt(AttemptResult::Scheduled);
+                self.metrics
+                    .bound(p.popped.first_seen.elapsed().as_secs_f64(), watts.0);
+                let energy = p
+                    .decision
+                    .energy
+                    .map(EnergyLevel::label)
+                    .unwrap_or("unknown");
+                let freshness = if p.decision.fresh {
+                    ""
+                } else {
+                    " (no fresh report: default curve)"
+                };
+                let message = format!(
+                    "assigned {} to {}: {} predicted{}, energy {}",
+                    p.popped.key, p.node, watts, freshness, energy
+                );
+                info!(pod = %p.popped.key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, "bound");
+                self.events
+                    .record(pod_ref(pod), EventKind::Scheduled, message);
+            }
+            // Already bound (another replica, a previous attempt) or gone: the watch knows
+            // where it went; nothing to retry.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                warn!(pod = %p.popped.key, node = %p.node, code = e.code, reason = %e.message, "bind refused; dropping the pod from the queue");
+                self.metrics.bind_error(if e.code == 409 {
+                    "conflict"
+                } else {
+                    "not_found"
+                });
+                self.metrics.attempt(AttemptResult::Error);
+                self.queue.remove(&p.popped.key);
+                if e.code == 404 {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .delete_pod(&pod.namespace, &pod.name);
+                }
+            }
+            Err(e) => {
+                warn!(pod = %p.popped.key, node = %p.node, error = %e, "bind failed; retrying with backoff");
+                self.metrics.bind_error("error");
+                self.metrics.attempt(AttemptResult::Error);
+                self.cache.lock().unwrap_or_else(|e| e.into_inner()).forget(
+                    &p.popped.key,
+                    p.pod.clone(),
+                    &p.node,
+                    p.assumed_at,
+                );
+                self.queue.retry_later(&p.popped.key, Instant::now());
+            }
+        }
+    }
+}
+
+fn pod_ref(pod: &PodRequest) -> PodRef {
+    PodRef {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+    }
+}

@@ -1,0 +1,155 @@
+//! A scheduler endpoint whose name resolves to several addresses (a headless Service lists every
+//! replica) gets one report stream per address, and losing one replica does not stop the others.
+//!
+//! Two real PowerReports receivers listen on 127.0.0.2 and 127.0.0.3 with the same port, and the
+//! agent runs with a private `/etc/hosts` (its own mount namespace, see `Launch::hosts`) in which
+//! one name maps to both. The machine's own `/etc/hosts` is never touched. There is no skip: a
+//! machine where the namespace or the extra loopback addresses do not work fails the test, saying
+//! which.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use wattwise_proto::v1 as pb;
+use wattwise_testenv::agent::{AgentProcess, Launch};
+use wattwise_testenv::onnx::write_linear_model;
+use wattwise_testenv::receiver::{next_report, ReportReceiver};
+
+const NAME: &str = "scheduler.wattwise.test";
+const REPLICA_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const REPLICA_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// Listeners on both replica addresses with one port, as a headless Service's pods would have.
+async fn same_port_on_both() -> (TcpListener, TcpListener) {
+    let mut last_error = None;
+    for _ in 0..50 {
+        let a = TcpListener::bind((REPLICA_A, 0)).await.unwrap_or_else(|e| {
+            panic!("cannot listen on {REPLICA_A} (the loopback must answer all of 127/8): {e}")
+        });
+        let port = a.local_addr().unwrap().port();
+        match TcpListener::bind((REPLICA_B, port)).await {
+            Ok(b) => return (a, b),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    panic!("no port free on both {REPLICA_A} and {REPLICA_B}: {last_error:?}");
+}
+
+fn endpoint_gauge(text: &str, addr: SocketAddr) -> Option<f64> {
+    let prefix = format!("wattwise_scheduler_stream_connected{{endpoint=\"{addr}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+async fn wait_gauge(agent: &AgentProcess, addr: SocketAddr, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = agent.metrics_text().await.unwrap();
+        if endpoint_gauge(&text, addr) == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream to {addr} not {want} within 15 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drains what arrived so far and returns the next `n` reports.
+async fn next_reports(
+    rx: &mut mpsc::UnboundedReceiver<pb::NodeReport>,
+    n: usize,
+) -> Vec<pb::NodeReport> {
+    while rx.try_recv().is_ok() {}
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(next_report(rx, Duration::from_secs(15)).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_other() {
+    let (listener_a, listener_b) = same_port_on_both().await;
+    let port = listener_a.local_addr().unwrap().port();
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let replica_a = ReportReceiver::serve(listener_a, true, tx_a).unwrap();
+    let _replica_b = ReportReceiver::serve(listener_b, true, tx_b).unwrap();
+    let addr_a = SocketAddr::new(IpAddr::V4(REPLICA_A), port);
+    let addr_b = SocketAddr::new(IpAddr::V4(REPLICA_B), port);
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    write_linear_model(&model, 80.0, 280.0, 0.0).unwrap();
+    std::fs::write(dir.path().join("util"), "0.3").unwrap();
+    let yaml = format!(
+        "node_name: node-ha\ninterval: 250ms\n\
+         model: {{path: {model}}}\n\
+         cpu: {{source: file, file: {util}, capacity_millicores: 8000}}\n\
+         scheduler: {{endpoints: [\"{NAME}:{port}\"], backoff_min: 100ms, backoff_max: 1s}}\n",
+        model = model.display(),
+        util = dir.path().join("util").display(),
+    );
+    // The agent's resolver reads files first (nsswitch `hosts: files dns`).
+    let hosts = format!("127.0.0.1 localhost\n{REPLICA_A} {NAME}\n{REPLICA_B} {NAME}\n");
+    let launch = Launch {
+        hosts: Some(hosts),
+        ..Launch::default()
+    };
+    let agent = AgentProcess::start_with(&yaml, &[], &launch).await.unwrap();
+
+    // One stream per address: both replicas hear from the same agent process.
+    let first_a = next_report(&mut rx_a, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let first_b = next_report(&mut rx_b, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(first_a.node_name, "node-ha");
+    assert_eq!(first_b.node_name, "node-ha");
+    assert_eq!(first_a.agent_instance, first_b.agent_instance);
+    wait_gauge(&agent, addr_a, 1.0).await;
+    wait_gauge(&agent, addr_b, 1.0).await;
+    let log = agent.log_tail(200);
+    for addr in [addr_a, addr_b] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("streaming reports to scheduler")
+                    && l.contains(&addr.to_string())),
+            "{addr} not streamed to:\n{log}"
+        );
+    }
+    // Both keep receiving (the ack asked for a report at least every second).
+    let a = next_reports(&mut rx_a, 2).await;
+    let b = next_reports(&mut rx_b, 2).await;
+    assert!(a[1].sequence > a[0].sequence && b[1].sequence > b[0].sequence);
+
+    // Replica A goes away: its streams end and its port closes.
+    replica_a.stop().await.unwrap();
+    wait_gauge(&agent, addr_a, 0.0).await;
+    let before = next_reports(&mut rx_b, 1).await[0].sequence;
+    // B keeps receiving newer reports while A is gone and the agent retries A with backoff.
+    let after = next_reports(&mut rx_b, 3).await;
+    assert!(
+        after.iter().all(|r| r.sequence > before),
+        "{before} then {:?}",
+        after.iter().map(|r| r.sequence).collect::<Vec<_>>()
+    );
+    assert!(after.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    assert_eq!(after[0].agent_instance, first_b.agent_instance);
+    let text = agent.metrics_text().await.unwrap();
+    assert_eq!(endpoint_gauge(&text, addr_b), Some(1.0), "{text}");
+    assert_eq!(endpoint_gauge(&text, addr_a), Some(0.0), "{text}");
+    // Nothing reached A after it stopped (its channel closed with the server).
+    while let Ok(r) = rx_a.try_recv() {
+        assert!(
+            r.sequence <= before,
+            "report {} reached a stopped replica",
+            r.sequence
+        );
+    }
+}

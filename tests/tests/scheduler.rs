@@ -1,0 +1,471 @@
+//! wattwise-scheduler against a real kube-apiserver + etcd, with agent reports over real gRPC.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use wattwise_proto::v1 as pb;
+use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
+use wattwise_testenv::process::wait_until;
+use wattwise_testenv::reports::{NodePowerSpec, ReportPump, ReportStream};
+use wattwise_testenv::scheduler::SchedulerProcess;
+
+const NS: &str = "default";
+
+fn pod_json(name: &str, cpu: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "schedulerName": "wattwise",
+            "containers": [{
+                "name": "work", "image": "busybox",
+                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}
+            }]
+        }
+    })
+}
+
+async fn create_pod(client: &Client, pod: serde_json::Value) -> Result<()> {
+    let pod: Pod = serde_json::from_value(pod)?;
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await?;
+    Ok(())
+}
+
+/// pod name → node name, for every bound pod.
+async fn placements(client: &Client) -> Result<BTreeMap<String, String>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let node = p.spec?.node_name?;
+            Some((p.metadata.name?, node))
+        })
+        .collect())
+}
+
+async fn wait_bound(
+    client: &Client,
+    pods: usize,
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>> {
+    wait_until(&format!("{pods} pods bound"), timeout, || async {
+        Ok(placements(client).await?.len() >= pods)
+    })
+    .await?;
+    placements(client).await
+}
+
+/// (reason, note) of every events.k8s.io/v1 event about `pod`.
+async fn events_of(client: &Client, pod: &str) -> Result<Vec<(String, String)>> {
+    let events = Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+async fn nodes(plane: &ControlPlane, specs: &[FakeNode]) -> Result<()> {
+    for spec in specs {
+        plane.create_ready_node(spec).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_go_to_the_lowest_marginal_watts_node_in_the_best_energy_tier() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("efficient"),
+            FakeNode::new("hungry"),
+            FakeNode::new("frugal-but-vulnerable"),
+            FakeNode::new("powerless"),
+        ],
+    )
+    .await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    use pb::EnergyLevel::*;
+    pump.set(
+        "efficient",
+        NodePowerSpec::new(4000, 100.0, 200.0, 1.0).energy(WellPowered, 90.0),
+    );
+    pump.set(
+        "hungry",
+        NodePowerSpec::new(4000, 100.0, 400.0, 1.0).energy(WellPowered, 95.0),
+    );
+    pump.set(
+        "frugal-but-vulnerable",
+        NodePowerSpec::new(4000, 50.0, 60.0, 1.0).energy(Vulnerable, 60.0),
+    );
+    pump.set(
+        "powerless",
+        NodePowerSpec::new(4000, 10.0, 11.0, 1.0).energy(Powerless, 5.0),
+    );
+    wait_until("four nodes reporting", Duration::from_secs(20), || async {
+        Ok(scheduler
+            .metric("wattwise_scheduler_reports_total{reason=\"accepted\"}")
+            .await?
+            .unwrap_or(0.0)
+            >= 8.0)
+    })
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+
+    create_pod(&client, pod_json("first", "1")).await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(placed["first"], "efficient", "lowest ΔW in the best tier");
+    // +1 core of 4 on a 100→200 W line: +25 W.
+    wait_until("Scheduled event", Duration::from_secs(10), || async {
+        Ok(!events_of(&client, "first").await?.is_empty())
+    })
+    .await?;
+    let events = events_of(&client, "first").await?;
+    assert!(
+        events.iter().any(|(reason, note)| reason == "Scheduled"
+            && note
+                == "assigned default/first to efficient: +25.0 W predicted, energy well-powered"),
+        "{events:?}"
+    );
+
+    // The efficient node fills up (4 CPUs); then the best tier's other node, never powerless.
+    for i in 0..6 {
+        create_pod(&client, pod_json(&format!("more-{i}"), "1")).await?;
+    }
+    let placed = wait_bound(&client, 7, Duration::from_secs(30)).await?;
+    let on = |node: &str| placed.values().filter(|n| *n == node).count();
+    assert_eq!(on("efficient"), 4, "{placed:?}");
+    assert_eq!(on("hungry"), 3, "{placed:?}");
+    assert_eq!(on("powerless"), 0);
+    assert_eq!(
+        on("frugal-but-vulnerable"),
+        0,
+        "well-powered first: {placed:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pods_get_an_event_and_are_bound_when_a_node_fits() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("small-a"),
+            FakeNode::new("small-b"),
+            FakeNode::new("drained").label("energy-status", "powerless"),
+        ],
+    )
+    .await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    create_pod(&client, pod_json("big", "6")).await?;
+    wait_until(
+        "FailedScheduling event",
+        Duration::from_secs(20),
+        || async {
+            Ok(events_of(&client, "big")
+                .await?
+                .iter()
+                .any(|(r, _)| r == "FailedScheduling"))
+        },
+    )
+    .await?;
+    let events = events_of(&client, "big").await?;
+    let note = &events
+        .iter()
+        .find(|(r, _)| r == "FailedScheduling")
+        .unwrap()
+        .1;
+    assert_eq!(
+        note, "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were powerless.",
+        "{events:?}"
+    );
+    assert!(scheduler
+        .metric("wattwise_scheduler_schedule_attempts_total{result=\"unschedulable\"}")
+        .await?
+        .is_some_and(|v| v >= 1.0));
+
+    plane
+        .create_ready_node(&FakeNode::new("large").cpu(8000))
+        .await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(placed["big"], "large", "re-queued by the node event");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_agent_pods_are_still_bound_on_the_default_curve() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("a"), FakeNode::new("b")]).await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    for i in 0..4 {
+        create_pod(&client, pod_json(&format!("p{i}"), "500m")).await?;
+    }
+    let placed = wait_bound(&client, 4, Duration::from_secs(30)).await?;
+    assert_eq!(placed.len(), 4);
+    assert_eq!(
+        scheduler.metric("wattwise_scheduler_stale_nodes").await?,
+        Some(2.0)
+    );
+    wait_until("Scheduled event", Duration::from_secs(10), || async {
+        Ok(!events_of(&client, "p0").await?.is_empty())
+    })
+    .await?;
+    let events = events_of(&client, "p0").await?;
+    assert!(
+        events[0].1.contains("(no fresh report: default curve)"),
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reports_are_rejected_with_a_reason_and_change_nothing() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("cheap"), FakeNode::new("dear")]).await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let mut stream = ReportStream::connect(scheduler.grpc_addr()).await?;
+    let good = |node: &str, idle: f64, peak: f64, seq: u64| {
+        NodePowerSpec::new(4000, idle, peak, 1.0).report(node, "agent-1", seq)
+    };
+    assert!(stream.send(good("cheap", 100.0, 150.0, 1)).await?.accepted);
+    assert!(stream.send(good("dear", 100.0, 500.0, 1)).await?.accepted);
+
+    let mut nan = good("cheap", 100.0, 150.0, 2);
+    nan.measured = Some(pb::PowerMeasurement {
+        source: pb::ReadingSource::Dcmi as i32,
+        watts: f64::NAN,
+        sensor_name: "x".into(),
+    });
+    let mut negative = good("cheap", 100.0, 150.0, 3);
+    negative.curve.as_mut().unwrap().watts[0] = -5.0;
+    let mut falling = good("cheap", 100.0, 150.0, 4);
+    falling.curve = Some(pb::PowerCurve {
+        watts: NodePowerSpec::curve(500.0, 10.0, 1.0),
+    });
+    let mut absurd = good("cheap", 100.0, 150.0, 5);
+    absurd.curve = Some(pb::PowerCurve {
+        watts: NodePowerSpec::curve(100.0, 1e9, 1.0),
+    });
+    let unknown = good("ghost", 100.0, 150.0, 6);
+    let old = good("cheap", 100.0, 150.0, 1);
+    for (what, report, field) in [
+        ("NaN watts", nan, "measured.watts"),
+        ("negative watts", negative, "curve"),
+        ("falling curve", falling, "curve"),
+        ("absurd watts", absurd, "curve"),
+        ("unknown node", unknown, "node_name"),
+        ("replayed sequence", old, "sequence"),
+    ] {
+        let ack = stream.send(report).await?;
+        assert!(!ack.accepted, "{what} accepted");
+        assert!(ack.reason.starts_with(field), "{what}: {:?}", ack.reason);
+    }
+    assert!(scheduler
+        .metric("wattwise_scheduler_reports_total{reason=\"invalid\"}")
+        .await?
+        .is_some_and(|v| v >= 4.0));
+    assert_eq!(
+        scheduler
+            .metric("wattwise_scheduler_reports_total{reason=\"unknown_node\"}")
+            .await?,
+        Some(1.0)
+    );
+    // The stream survives rejections and the good curves still decide.
+    assert!(stream.send(good("cheap", 100.0, 150.0, 7)).await?.accepted);
+    assert!(stream.send(good("dear", 100.0, 500.0, 8)).await?.accepted);
+    create_pod(&client, pod_json("p", "1")).await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(placed["p"], "cheap");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_selector_taints_and_affinity_are_honoured() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("zone-a").label("zone", "a"),
+            FakeNode::new("zone-b").label("zone", "b"),
+            FakeNode::new("gpu")
+                .label("zone", "a")
+                .taint("dedicated", "gpu", "NoSchedule"),
+        ],
+    )
+    .await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    // The tainted node is by far the cheapest: only tolerating pods may go there.
+    pump.set("zone-a", NodePowerSpec::new(4000, 100.0, 300.0, 1.0));
+    pump.set("zone-b", NodePowerSpec::new(4000, 100.0, 200.0, 1.0));
+    pump.set("gpu", NodePowerSpec::new(4000, 100.0, 101.0, 1.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut selector = pod_json("selector", "100m");
+    selector["spec"]["nodeSelector"] = json!({"zone": "a"});
+    let mut affinity = pod_json("affinity", "100m");
+    affinity["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["b"]}]}]
+    }}});
+    let mut tolerating = pod_json("tolerating", "100m");
+    tolerating["spec"]["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+    let plain = pod_json("plain", "100m");
+    for pod in [selector, affinity, tolerating, plain] {
+        create_pod(&client, pod).await?;
+    }
+    let placed = wait_bound(&client, 4, Duration::from_secs(30)).await?;
+    assert_eq!(placed["selector"], "zone-a");
+    assert_eq!(placed["affinity"], "zone-a");
+    assert_eq!(placed["tolerating"], "gpu");
+    assert_eq!(placed["plain"], "zone-b");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100_pods_on_10_nodes_respects_allocatable_and_spreads() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    let names: Vec<String> = (0..10).map(|i| format!("node-{i}")).collect();
+    for name in &names {
+        plane.create_ready_node(&FakeNode::new(name)).await?;
+    }
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(500));
+    for (i, name) in names.iter().enumerate() {
+        // Convex curves: every pod makes the next one dearer on the same node.
+        pump.set(
+            name,
+            NodePowerSpec::new(4000, 80.0 + i as f64, 300.0 + 10.0 * i as f64, 2.0),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 100 × 300m = 30 CPUs of the 40 there are; each node fits 13 of them.
+    for i in 0..100 {
+        create_pod(&client, pod_json(&format!("burst-{i:03}"), "300m")).await?;
+    }
+    let placed = wait_bound(&client, 100, Duration::from_secs(90)).await?;
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for node in placed.values() {
+        *per_node.entry(node.as_str()).or_default() += 1;
+    }
+    for (node, count) in &per_node {
+        assert!(
+            *count * 300 <= 4000,
+            "{node} got {count} pods: over allocatable"
+        );
+    }
+    assert_eq!(
+        per_node.len(),
+        10,
+        "rising prices spread the burst: {per_node:?}"
+    );
+    let max = per_node.values().max().unwrap();
+    let min = per_node.values().min().unwrap();
+    assert!(max - min <= 4, "spread evenly enough: {per_node:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiserver_restart_mid_burst_loses_no_pod() -> Result<()> {
+    let mut plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[FakeNode::new("a"), FakeNode::new("b"), FakeNode::new("c")],
+    )
+    .await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    for i in 0..30 {
+        create_pod(&client, pod_json(&format!("before-{i}"), "100m")).await?;
+    }
+    plane.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    plane.start_apiserver().await?;
+    let client = plane.client().await?;
+    for i in 0..30 {
+        create_pod(&client, pod_json(&format!("after-{i}"), "100m")).await?;
+    }
+    let placed = wait_bound(&client, 60, Duration::from_secs(90)).await?;
+    assert_eq!(placed.len(), 60);
+    let mut scheduler = scheduler;
+    assert!(scheduler.is_running(), "{}", scheduler.log_tail(40));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_finishes_the_work_when_the_leader_is_killed() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[FakeNode::new("a").cpu(64000), FakeNode::new("b").cpu(64000)],
+    )
+    .await?;
+    let mut first = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    wait_until("replica-a leads", Duration::from_secs(20), || async {
+        first.is_leader().await
+    })
+    .await?;
+    let second = SchedulerProcess::start(&plane, "replica-b", "").await?;
+    // The standby ingests reports too (warm), but does not bind.
+    let mut stream = ReportStream::connect(second.grpc_addr()).await?;
+    let ack = stream
+        .send(NodePowerSpec::new(64000, 100.0, 300.0, 1.0).report("a", "x", 1))
+        .await?;
+    assert!(ack.accepted, "{}", ack.reason);
+    assert!(!second.is_leader().await?);
+
+    for i in 0..10 {
+        create_pod(&client, pod_json(&format!("early-{i}"), "100m")).await?;
+    }
+    wait_bound(&client, 10, Duration::from_secs(30)).await?;
+    first.kill();
+    for i in 0..20 {
+        create_pod(&client, pod_json(&format!("late-{i}"), "100m")).await?;
+    }
+    let placed = wait_bound(&client, 30, Duration::from_secs(60)).await?;
+    assert_eq!(placed.len(), 30);
+    wait_until("replica-b leads", Duration::from_secs(5), || async {
+        second.is_leader().await
+    })
+    .await?;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), NS)
+        .get("wattwise-scheduler")
+        .await
+        .context("lease")?;
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert!(spec.lease_transitions.unwrap_or(0) >= 1);
+    // Every pod bound once: one Scheduled event each, none refused as already bound.
+    assert_eq!(
+        second
+            .metric("wattwise_scheduler_bind_errors_total{reason=\"conflict\"}")
+            .await?,
+        None
+    );
+    Ok(())
+}
