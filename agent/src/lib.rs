@@ -3,6 +3,7 @@ pub mod api;
 pub mod config;
 pub mod model;
 pub mod report;
+pub mod resident;
 pub mod run;
 pub mod sensors;
 pub mod stream;

@@ -33,10 +33,17 @@ struct Cli {
     /// Scheduler endpoints `host:port`, comma-separated (overrides `scheduler.endpoints`).
     #[arg(long, env = "WATTWISE_SCHEDULER_ENDPOINTS", value_delimiter = ',')]
     scheduler: Vec<String>,
+    /// Validate the configuration, print "configuration is valid" and exit (before deployment
+    /// NODE_NAME may be unset: a placeholder node name stands in).
+    #[arg(long)]
+    check_config: bool,
     /// Log format.
     #[arg(long, env = "WATTWISE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
+
+/// The node name `--check-config` validates with when none is configured.
+const CHECK_NODE_NAME: &str = "check-config-placeholder";
 
 impl Cli {
     fn into_config(self) -> Result<AgentConfig> {
@@ -58,6 +65,9 @@ impl Cli {
         }
         if !self.scheduler.is_empty() {
             config.scheduler.endpoints = self.scheduler;
+        }
+        if self.check_config && config.node_name.is_none() {
+            config.node_name = Some(CHECK_NODE_NAME.to_string());
         }
         config.validate()?;
         Ok(config)
@@ -82,7 +92,12 @@ fn init_logging(format: &str) {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    let check_only = cli.check_config;
     let config = cli.into_config().context("invalid configuration")?;
+    if check_only {
+        println!("configuration is valid");
+        return Ok(());
+    }
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");
@@ -92,4 +107,57 @@ async fn main() -> Result<()> {
         }
     };
     wattwise_agent::run::run(config, std::path::Path::new("/sys"), |_| {}, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        file
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["wattwise-agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn check_config_fills_a_missing_node_name_only_when_checking() {
+        let file = config_file("model: {path: /m.onnx}\n");
+        let path = file.path().to_str().unwrap();
+        let config = cli(&["--check-config", "--config", path])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.node_name.as_deref(), Some(CHECK_NODE_NAME));
+        let err = cli(&["--config", path]).into_config().unwrap_err();
+        assert!(format!("{err:#}").contains("node_name"), "{err:#}");
+    }
+
+    #[test]
+    fn check_config_keeps_a_given_node_name_and_still_rejects_bad_configs() {
+        let file = config_file("model: {path: /m.onnx}\n");
+        let path = file.path().to_str().unwrap();
+        let config = cli(&["--check-config", "--config", path, "--node-name", "n1"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.node_name.as_deref(), Some("n1"));
+        let typo = config_file("model: {path: /m.onnx}\nintervall: 1s\n");
+        let err = cli(&["--check-config", "--config", typo.path().to_str().unwrap()])
+            .into_config()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("intervall"), "{err:#}");
+        let missing_model = config_file("interval: 1s\n");
+        let err = cli(&[
+            "--check-config",
+            "--config",
+            missing_model.path().to_str().unwrap(),
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("model.path"), "{err:#}");
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wattwise_proto::v1::node_power_server::NodePowerServer;
 
 use crate::api::grpc::NodePowerService;
@@ -94,6 +94,7 @@ pub async fn run(
 
     let report_loop = async {
         let mut builder = ReportBuilder::new(node_name, model);
+        let mut built: u32 = 0;
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -119,6 +120,10 @@ pub async fn run(
                     metrics.observe_report(&report);
                     latest_tx.send_replace(Some(Arc::new(report)));
                     metrics.mark_ready();
+                    built = built.saturating_add(1);
+                    if built == WARM_AFTER_REPORTS {
+                        release_startup_pages();
+                    }
                 }
                 Err(e) => warn!(error = %e, "cannot build a report"),
             }
@@ -134,6 +139,21 @@ pub async fn run(
         s.abort();
     }
     Ok(())
+}
+
+/// Reports after which the agent counts as warm: the model is loaded and validated, servers
+/// and streams are up, and the steady-state loop has run a few times.
+const WARM_AFTER_REPORTS: u32 = 3;
+
+/// Drops the code pages only startup needed from resident memory (see [`crate::resident`]).
+fn release_startup_pages() {
+    match crate::resident::release_startup_pages() {
+        Ok(bytes) => debug!(
+            advised_mib = bytes as f64 / (1024.0 * 1024.0),
+            "released startup-only code pages"
+        ),
+        Err(e) => debug!(error = %e, "cannot release startup-only code pages; keeping them"),
+    }
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {

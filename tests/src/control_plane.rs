@@ -121,6 +121,9 @@ impl ControlPlane {
             // No controller-manager creates service accounts or untaints new nodes.
             "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".into(),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
+            // As on real clusters (kubeadm, kind, k3s set it): node agents such as the wattwise
+            // DaemonSet (in-band IPMI) run privileged containers.
+            "--allow-privileged=true".into(),
         ];
         let admin_kubeconfig = dir.path().join("admin.kubeconfig");
         write_kubeconfig(&admin_kubeconfig, dir.path(), port, "admin", ADMIN_TOKEN)?;
@@ -187,6 +190,14 @@ impl ControlPlane {
     }
 
     async fn start_kube_scheduler(&mut self) -> Result<()> {
+        self.start_kube_scheduler_with(&[]).await
+    }
+
+    /// Starts (or restarts) the stock kube-scheduler with `extra_args` after the fixture's own
+    /// flags (e.g. `--kube-api-qps=…`; kube-scheduler 1.20 defaults to 50 QPS, burst 100).
+    /// Its client is the `system:kube-scheduler` user.
+    pub async fn start_kube_scheduler_with(&mut self, extra_args: &[String]) -> Result<()> {
+        self.stop_kube_scheduler();
         let kubeconfig = self.dir.path().join("scheduler.kubeconfig");
         write_kubeconfig(
             &kubeconfig,
@@ -208,13 +219,26 @@ impl ControlPlane {
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_tcp_port()?))
-            .arg("--port=0");
+            .arg("--port=0")
+            .args(extra_args);
         let mut scheduler = ManagedProcess::spawn("kube-scheduler", cmd, self.dir.path())?;
         // It has no readiness endpoint we can reach without client certs; a crash shows early.
         tokio::time::sleep(Duration::from_secs(1)).await;
         scheduler.ensure_running()?;
         self.scheduler = Some(scheduler);
         Ok(())
+    }
+
+    /// Stops the stock kube-scheduler if it runs. Idempotent.
+    pub fn stop_kube_scheduler(&mut self) {
+        if let Some(mut p) = self.scheduler.take() {
+            p.stop();
+        }
+    }
+
+    /// The stock kube-scheduler's process id while it runs.
+    pub fn kube_scheduler_pid(&self) -> Option<u32> {
+        self.scheduler.as_ref().map(ManagedProcess::pid)
     }
 
     /// A kube-rs client with admin rights (from the generated kubeconfig, not the user's).

@@ -11,7 +11,9 @@
 //! - [`scheduler`]: the real `wattwise-scheduler` binary against a control plane.
 //! - [`specpower`]: the SPECpower results in data/specpower/.
 //! - [`served`]: a wattwise binary with generated config on free ports (agent and scheduler).
+//! - [`bench`]: what the scheduler benchmarks share (release binary, many nodes, /proc figures).
 pub mod agent;
+pub mod bench;
 pub mod bmc;
 pub mod control_plane;
 pub mod grpcurl;

@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::Client;
+use wattwise_proto::v1::node_power_client::NodePowerClient;
+use wattwise_proto::v1::GetReportRequest;
 use wattwise_testenv::agent::{AgentProcess, Launch};
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
@@ -90,7 +92,6 @@ struct DemoNode {
     agent: AgentProcess,
     cpu_file: PathBuf,
     idle_watts: f64,
-    watts: f64,
     _dir: tempfile::TempDir,
 }
 
@@ -105,7 +106,6 @@ impl DemoNode {
         let u = utilisation.clamp(0.0, 1.0);
         write_atomically(&self.cpu_file, &format!("{u:.4}\n"))?;
         let watts = self.measured_watts(u);
-        self.watts = watts;
         let cpu_temp = self.plan.inlet_celsius + 12.0 + 45.0 * u;
         match self.plan.layout {
             Layout::DellLike => {
@@ -222,7 +222,6 @@ async fn start_node(
         agent,
         cpu_file,
         idle_watts,
-        watts: idle_watts,
         _dir: dir,
     };
     node.drive(BACKGROUND_UTILISATION)?;
@@ -287,6 +286,13 @@ fn predicted_delta(note: &str) -> Option<f64> {
         .ok()
 }
 
+/// The agent's latest report, over its gRPC API.
+async fn agent_report(agent: &AgentProcess) -> Result<wattwise_core::ValidatedReport> {
+    let mut client = NodePowerClient::connect(format!("http://{}", agent.grpc_addr())).await?;
+    let report = client.get_report(GetReportRequest {}).await?.into_inner();
+    Ok(wattwise_core::validate(report)?)
+}
+
 fn level_of(percent: f64) -> &'static str {
     wattwise_core::EnergyLevel::from_percent(percent).label()
 }
@@ -327,6 +333,17 @@ fn repo_root() -> Result<PathBuf> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // Dropping the demo future drops every fixture, which stops what it started.
+    tokio::select! {
+        result = demo() => result,
+        _ = tokio::signal::ctrl_c() => {
+            println!("\ninterrupted: stopping everything the demo started.");
+            Ok(())
+        }
+    }
+}
+
+async fn demo() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let workload = match args.iter().position(|a| a == "--workload") {
         Some(i) => PathBuf::from(args.get(i + 1).context("--workload needs a file")?),
@@ -442,8 +459,8 @@ async fn main() -> Result<()> {
     }
 
     println!(
-        "\n{:<8} {:>5} {:>6} {:>9} {:>9} {:>8}  {:<13}",
-        "node", "pods", "util", "idle W", "now W", "ΔW", "energy"
+        "\n{:<8} {:>5} {:>6} {:>9} {:>9} {:>8} {:>10}  {:<13}",
+        "node", "pods", "util", "idle W", "BMC W", "ΔW", "model W", "energy (agent)"
     );
     let mut measured_total = 0.0;
     for node in &nodes {
@@ -457,17 +474,25 @@ async fn main() -> Result<()> {
             .map(|(_, c)| c)
             .sum();
         let util = BACKGROUND_UTILISATION + cpu as f64 / node.capacity_millicores as f64;
-        let delta = node.watts - node.idle_watts;
+        // What the agent itself read from its BMC over IPMI and what its model predicts.
+        let report = agent_report(&node.agent).await?;
+        let bmc_watts = report
+            .report()
+            .measured
+            .as_ref()
+            .map_or(f64::NAN, |m| m.watts);
+        let delta = bmc_watts - node.idle_watts;
         measured_total += delta;
         println!(
-            "{:<8} {:>5} {:>5.0}% {:>9.1} {:>9.1} {:>+8.1}  {:<13}",
+            "{:<8} {:>5} {:>5.0}% {:>9.1} {:>9.1} {:>+8.1} {:>10.1}  {:<13}",
             node.plan.name,
             count,
             util * 100.0,
             node.idle_watts,
-            node.watts,
+            bmc_watts,
             delta,
-            level_of(node.plan.energy_percent)
+            report.predicted_watts(),
+            report.energy_level().map_or("none", |l| l.label())
         );
     }
     let on_powerless = pods
@@ -487,7 +512,7 @@ async fn main() -> Result<()> {
     let bound = pods.values().filter(|(n, _)| n.is_some()).count();
     println!(
         "\nsummary: {bound}/{} pods bound, none on a powerless node; predicted +{predicted_total:.1} W, \
-         BMC-measured +{measured_total:.1} W; a power-blind spread of the same pods (most free CPU \
+         measured by the agents' BMC reads +{measured_total:.1} W; a power-blind spread of the same pods (most free CPU \
          first) would add +{baseline:.1} W (wattwise/spread = {:.2}); {:.0} s in all.",
         pods.len(),
         if baseline > 0.0 { measured_total / baseline } else { f64::NAN },
