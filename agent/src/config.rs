@@ -6,30 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
 
 use crate::model::ModelOverrides;
 use crate::sensors::roles::Role;
 
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config key `{key}`: {problem}")]
-    Invalid { key: &'static str, problem: String },
-}
-
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        problem: problem.into(),
-    }
-}
+pub use wattwise_daemon::config::{invalid, ConfigError};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,24 +215,14 @@ impl Default for SchedulerConfig {
 }
 
 impl AgentConfig {
-    /// Reads and parses a YAML file (no validation: call [`AgentConfig::validate`] after overrides).
+    /// Reads and parses a YAML file (no validation: call `validate` after overrides).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })
+        wattwise_daemon::config::from_file(path)
     }
 
     /// Parses YAML; the error message names the offending key and its position.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        wattwise_daemon::config::from_yaml(text)
     }
 
     /// Checks values that types alone cannot.

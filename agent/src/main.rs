@@ -74,39 +74,23 @@ impl Cli {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    wattwise_daemon::logging::init(&cli.log_format);
     let check_only = cli.check_config;
     let config = cli.into_config().context("invalid configuration")?;
     if check_only {
         println!("configuration is valid");
         return Ok(());
     }
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    wattwise_agent::run::run(config, std::path::Path::new("/sys"), |_| {}, shutdown).await
+    wattwise_agent::run::run(
+        config,
+        std::path::Path::new("/sys"),
+        |_| {},
+        wattwise_daemon::shutdown_signal(),
+    )
+    .await
 }
 
 #[cfg(test)]

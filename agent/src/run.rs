@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{debug, info, warn};
 use wattwise_proto::v1::node_power_server::NodePowerServer;
 
@@ -63,28 +61,18 @@ pub async fn run(
         )?),
     };
 
-    let grpc_listener = bind(config.grpc.listen, "grpc.listen").await?;
-    let metrics_listener = bind(config.metrics.listen, "metrics.listen").await?;
+    let grpc_listener = wattwise_daemon::listen(config.grpc.listen, "grpc.listen").await?;
+    let metrics_listener = wattwise_daemon::listen(config.metrics.listen, "metrics.listen").await?;
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         metrics: metrics_listener.local_addr()?,
     };
     let (latest_tx, latest_rx) = watch::channel(None);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<NodePowerServer<NodePowerService>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = wattwise_proto::reflection_services()?;
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NodePowerServer::new(NodePowerService::new(
-                latest_rx.clone(),
-            )))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
-    );
+    let grpc = wattwise_daemon::grpc::spawn(
+        NodePowerServer::new(NodePowerService::new(latest_rx.clone())),
+        grpc_listener,
+    )
+    .await?;
     let http =
         tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
     let streamer = (!config.scheduler.endpoints.is_empty())
@@ -154,12 +142,6 @@ fn release_startup_pages() {
         ),
         Err(e) => debug!(error = %e, "cannot release startup-only code pages; keeping them"),
     }
-}
-
-async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{key}: cannot listen on {addr}"))
 }
 
 fn cpu_sensor(config: &AgentConfig) -> Result<Box<dyn CpuSensor>> {

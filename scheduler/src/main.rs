@@ -71,20 +71,6 @@ impl Cli {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -104,20 +90,12 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    wattwise_daemon::logging::init(&cli.log_format);
     let config = cli.config().context("invalid configuration")?;
     if cli.check_config {
         println!("configuration is valid");
         return Ok(());
     }
     let client = kube_client(cli.kubeconfig.as_ref()).await?;
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    wattwise_scheduler::run::run(config, client, |_| {}, shutdown).await
+    wattwise_scheduler::run::run(config, client, |_| {}, wattwise_daemon::shutdown_signal()).await
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kube::Client;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 use wattwise_core::PowerCurve;
 use wattwise_proto::v1::power_reports_server::PowerReportsServer;
@@ -73,31 +71,20 @@ pub async fn run(
         unschedulable_retry: config.binding.unschedulable_retry,
     }));
 
-    let grpc_listener = listen(config.grpc.listen, "grpc.listen").await?;
-    let metrics_listener = listen(config.metrics.listen, "metrics.listen").await?;
+    let grpc_listener = wattwise_daemon::listen(config.grpc.listen, "grpc.listen").await?;
+    let metrics_listener = wattwise_daemon::listen(config.metrics.listen, "metrics.listen").await?;
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         metrics: metrics_listener.local_addr()?,
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<PowerReportsServer<ReportsService>>()
-        .await;
-    let (reflection_v1, reflection_v1alpha) = wattwise_proto::reflection_services()?;
     let reports = ReportsService::new(
         cache.clone(),
         queue.clone(),
         metrics.clone(),
         config.reports.interval,
     );
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(PowerReportsServer::new(reports))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming(TcpListenerStream::new(grpc_listener)),
-    );
+    let grpc =
+        wattwise_daemon::grpc::spawn(PowerReportsServer::new(reports), grpc_listener).await?;
     let http =
         tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
 
@@ -218,10 +205,4 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     Ok(())
-}
-
-async fn listen(addr: SocketAddr, key: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{key}: cannot listen on {addr}"))
 }

@@ -3,32 +3,15 @@
 //! the agent its own `/etc/hosts` (a private mount namespace), so a test can make a host name
 //! resolve to several loopback addresses without touching the machine's.
 
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::process::{free_tcp_port, require_program, ManagedProcess};
-
-/// A binary of this workspace, next to the running test's own `deps/` directory (the test command
-/// builds every workspace target before running tests).
-pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target/<profile> directory")?;
-    let binary = profile_dir.join(name);
-    if !binary.is_file() {
-        bail!(
-            "{} is not built: run `cargo build --workspace --all-targets` (scripts/test does)",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
+use crate::process::{require_program, ManagedProcess};
+use crate::served::{workspace_binary, ServedProcess};
 
 /// How to start the agent beyond its configuration.
 #[derive(Debug, Clone, Default)]
@@ -41,13 +24,10 @@ pub struct Launch {
     pub hosts: Option<String>,
 }
 
-/// A running agent; stopped on drop.
+/// A running agent; stopped on drop. Everything a served process offers (addresses, metrics,
+/// logs, stop) comes through [`ServedProcess`].
 pub struct AgentProcess {
-    process: ManagedProcess,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-    dir: tempfile::TempDir,
-    http: reqwest::Client,
+    served: ServedProcess,
 }
 
 impl AgentProcess {
@@ -63,8 +43,8 @@ impl AgentProcess {
         env: &[(&str, &str)],
         launch: &Launch,
     ) -> Result<Self> {
-        let agent = Self::spawn_with(config_yaml, env, launch)?;
-        agent.wait_ready(Duration::from_secs(30)).await?;
+        let mut agent = Self::spawn_with(config_yaml, env, launch)?;
+        agent.served.wait_ready(Duration::from_secs(30)).await?;
         Ok(agent)
     }
 
@@ -75,124 +55,42 @@ impl AgentProcess {
 
     /// [`AgentProcess::spawn`] with launch options.
     pub fn spawn_with(config_yaml: &str, env: &[(&str, &str)], launch: &Launch) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("wattwise-agent-")
-            .tempdir()?;
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
-        let config = dir.path().join("agent.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "{config_yaml}\ngrpc: {{listen: \"{grpc}\"}}\nmetrics: {{listen: \"{metrics}\"}}\n"
-            ),
-        )?;
         let binary = match &launch.binary {
             Some(path) => path.clone(),
             None => workspace_binary("wattwise-agent")?,
         };
-        let mut cmd = match &launch.hosts {
-            None => Command::new(&binary),
-            Some(hosts) => {
-                let hosts_file = dir.path().join("hosts");
-                std::fs::write(&hosts_file, hosts)?;
-                check_private_hosts(&hosts_file, hosts, dir.path())?;
-                private_hosts_command(&hosts_file, &binary)?
-            }
-        };
-        cmd.arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info,wattwise_agent=debug");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let process = ManagedProcess::spawn("wattwise-agent", cmd, dir.path())?;
-        Ok(Self {
-            process,
-            grpc,
-            metrics,
-            dir,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?,
-        })
-    }
-
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let url = format!("http://{}/readyz", self.metrics);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Ok(r) = self.http.get(&url).send().await {
-                if r.status().is_success() {
-                    return Ok(());
+        let served = ServedProcess::spawn("wattwise-agent", config_yaml, |ports, config| {
+            let mut cmd = match &launch.hosts {
+                None => Command::new(&binary),
+                Some(hosts) => {
+                    let hosts_file = ports.dir.join("hosts");
+                    std::fs::write(&hosts_file, hosts)?;
+                    check_private_hosts(&hosts_file, hosts, &ports.dir)?;
+                    private_hosts_command(&hosts_file, &binary)?
                 }
+            };
+            cmd.arg("--config")
+                .arg(config)
+                .env("RUST_LOG", "info,wattwise_agent=debug");
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "agent not ready within {timeout:?}; log:\n{}",
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(cmd)
+        })?;
+        Ok(Self { served })
     }
+}
 
-    /// Waits for the process to exit and returns its exit code and log (for startup-error tests).
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<(i32, String)> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.process.is_running() {
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "agent still running after {timeout:?}; log:\n{}",
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok((self.process.exit_code().unwrap_or(-1), self.log_tail(200)))
+impl Deref for AgentProcess {
+    type Target = ServedProcess;
+    fn deref(&self) -> &ServedProcess {
+        &self.served
     }
+}
 
-    /// The agent's process id (the agent itself, also when it runs in a private mount namespace:
-    /// the wrapper execs it).
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    /// Stops the agent (SIGTERM, then SIGKILL) and reaps it.
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc
-    }
-
-    pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.process.log_tail(lines)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
-    /// The `/metrics` exposition.
-    pub async fn metrics_text(&self) -> Result<String> {
-        Ok(self
-            .http
-            .get(format!("http://{}/metrics", self.metrics))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
+impl DerefMut for AgentProcess {
+    fn deref_mut(&mut self) -> &mut ServedProcess {
+        &mut self.served
     }
 }
 

@@ -4,10 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -327,36 +323,11 @@ fn status_name(status: pb::SensorStatus) -> &'static str {
 }
 
 /// `/metrics`, `/healthz` (the process answers) and `/readyz` (a first report exists).
-pub fn router(metrics: Arc<AgentMetrics>) -> Router {
+pub fn router(metrics: Arc<AgentMetrics>) -> axum::Router {
     let for_metrics = metrics.clone();
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let body = for_metrics.encode();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = metrics.is_ready();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "no report yet").into_response()
-                    }
-                }
-            }),
-        )
+    wattwise_daemon::http::router(
+        move || for_metrics.encode(),
+        move || metrics.is_ready(),
+        "no report yet",
+    )
 }

@@ -3,10 +3,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -236,36 +232,11 @@ impl SchedulerMetrics {
 }
 
 /// `/metrics`, `/healthz` (the process answers) and `/readyz` (caches synced).
-pub fn router(metrics: Arc<SchedulerMetrics>) -> Router {
+pub fn router(metrics: Arc<SchedulerMetrics>) -> axum::Router {
     let for_metrics = metrics.clone();
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let body = for_metrics.encode();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = metrics.is_synced();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
-                    }
-                }
-            }),
-        )
+    wattwise_daemon::http::router(
+        move || for_metrics.encode(),
+        move || metrics.is_synced(),
+        "caches not synced",
+    )
 }

@@ -18,7 +18,7 @@ pub use filter::{Filter, FilterReason, Filters};
 pub use score::{PolicyKind, ScoreConfig};
 pub use types::*;
 
-use score::Candidate;
+use score::Shortlist;
 
 /// Where a pod goes and what it costs there.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,18 +68,13 @@ pub fn schedule(
     filters: &Filters,
     score: &ScoreConfig,
 ) -> Result<Decision, Unschedulable> {
-    let mut candidates = Vec::with_capacity(nodes.len());
+    let mut shortlist = Shortlist::with_capacity(score, nodes.len());
     for (index, node) in nodes.iter().enumerate() {
         if filters.first_failure(pod, node).is_none() {
-            candidates.push(Candidate {
-                node: index,
-                watts: node.power.price(pod.pricing_cpu_millicores).watts.0,
-                tier: node.energy.unwrap_or(score.unknown_energy),
-                fresh: node.power.fresh,
-            });
+            shortlist.offer(pod, index, node);
         }
     }
-    let Some(index) = score::choose(pod, nodes, &candidates, score) else {
+    let Some(index) = shortlist.choose(pod, nodes) else {
         return Err(explain(pod, nodes, filters));
     };
     let node = &nodes[index];
@@ -88,7 +83,7 @@ pub fn schedule(
         marginal: node.power.price(pod.pricing_cpu_millicores),
         energy: node.energy,
         fresh: node.power.fresh,
-        feasible: candidates.len(),
+        feasible: shortlist.len(),
     })
 }
 

@@ -41,61 +41,106 @@ const SCORE_TIE: f64 = 1e-9;
 
 /// A feasible node as scoring sees it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Candidate {
+struct Candidate {
     /// Index into the scheduled node slice.
-    pub node: usize,
-    pub watts: f64,
+    node: usize,
     /// The node's level, or the configured level for unknown.
-    pub tier: EnergyLevel,
-    pub fresh: bool,
+    tier: EnergyLevel,
+    fresh: bool,
+    /// Marginal watts; NaN when the node was outside the best class when offered and so can
+    /// never win (see [`Shortlist::offer`]).
+    watts: f64,
 }
 
-/// The winning node's index into `nodes`; `None` when there are no candidates.
-pub(crate) fn choose(
-    pod: &PodRequest,
-    nodes: &[NodeState],
-    candidates: &[Candidate],
-    config: &ScoreConfig,
-) -> Option<usize> {
-    // A fresh report beats a stale one under any weighting: a stale price may describe a node
-    // that has since filled up or heated.
-    let fresh = candidates.iter().any(|c| c.fresh);
-    let class = || candidates.iter().filter(move |c| c.fresh == fresh);
-    match config.kind {
-        PolicyKind::Tiered => {
-            let tier = class().map(|c| c.tier).max()?;
-            let cheapest = class()
-                .filter(|c| c.tier == tier)
-                .map(|c| c.watts)
-                .fold(f64::INFINITY, f64::min);
-            // max(0) also turns a NaN tolerance into "exact ties only".
-            let limit = cheapest + config.tie_watts.max(0.0);
-            rendezvous(
-                pod,
-                nodes,
-                class().filter(|c| c.tier == tier && c.watts <= limit),
-            )
+/// Feasible nodes as the scan finds them, priced only while they can still win.
+pub(crate) struct Shortlist<'c> {
+    config: &'c ScoreConfig,
+    candidates: Vec<Candidate>,
+    /// Best class offered so far.
+    best: Option<(bool, Option<EnergyLevel>)>,
+}
+
+impl<'c> Shortlist<'c> {
+    pub fn with_capacity(config: &'c ScoreConfig, capacity: usize) -> Self {
+        Self {
+            config,
+            candidates: Vec::with_capacity(capacity),
+            best: None,
         }
-        PolicyKind::Weighted { energy, power } => {
-            let (min, max) = class().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
-                (lo.min(c.watts), hi.max(c.watts))
-            });
-            let score = |c: &Candidate| {
-                let power_score = if max > min {
-                    1.0 - (c.watts - min) / (max - min)
-                } else {
-                    1.0
+    }
+
+    /// Feasible nodes so far.
+    pub fn len(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// The class scoring compares first: freshness, then (tiered only) the energy tier. A fresh
+    /// report beats a stale one under any weighting: a stale price may describe a node that has
+    /// since filled up or heated.
+    fn class(&self, fresh: bool, tier: EnergyLevel) -> (bool, Option<EnergyLevel>) {
+        match self.config.kind {
+            PolicyKind::Tiered => (fresh, Some(tier)),
+            PolicyKind::Weighted { .. } => (fresh, None),
+        }
+    }
+
+    /// Adds a feasible node. Pricing reads the node's curve, the costliest step of a scan, so a
+    /// node below the best class seen so far is not priced: the best class only rises, so such
+    /// a node is never compared by watts.
+    pub fn offer(&mut self, pod: &PodRequest, index: usize, node: &NodeState) {
+        let tier = node.energy.unwrap_or(self.config.unknown_energy);
+        let fresh = node.power.fresh;
+        let class = self.class(fresh, tier);
+        let watts = if self.best.is_none_or(|best| class >= best) {
+            self.best = Some(class);
+            node.power.price(pod.pricing_cpu_millicores).watts.0
+        } else {
+            f64::NAN
+        };
+        self.candidates.push(Candidate {
+            node: index,
+            tier,
+            fresh,
+            watts,
+        });
+    }
+
+    /// The winning node's index into `nodes`; `None` when nothing was offered.
+    pub fn choose(&self, pod: &PodRequest, nodes: &[NodeState]) -> Option<usize> {
+        let (fresh, tier) = self.best?;
+        let class = || {
+            self.candidates
+                .iter()
+                .filter(move |c| self.class(c.fresh, c.tier) == (fresh, tier))
+        };
+        match self.config.kind {
+            PolicyKind::Tiered => {
+                let cheapest = class().map(|c| c.watts).fold(f64::INFINITY, f64::min);
+                // max(0) also turns a NaN tolerance into "exact ties only".
+                let limit = cheapest + self.config.tie_watts.max(0.0);
+                rendezvous(pod, nodes, class().filter(|c| c.watts <= limit))
+            }
+            PolicyKind::Weighted { energy, power } => {
+                let (min, max) = class().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
+                    (lo.min(c.watts), hi.max(c.watts))
+                });
+                let score = |c: &Candidate| {
+                    let power_score = if max > min {
+                        1.0 - (c.watts - min) / (max - min)
+                    } else {
+                        1.0
+                    };
+                    let score = energy * energy_score(c.tier) + power * power_score;
+                    // Non-finite weights (∞ × 0) must not make every node lose.
+                    if score.is_nan() {
+                        f64::NEG_INFINITY
+                    } else {
+                        score
+                    }
                 };
-                let score = energy * energy_score(c.tier) + power * power_score;
-                // Non-finite weights (∞ × 0) must not make every node lose.
-                if score.is_nan() {
-                    f64::NEG_INFINITY
-                } else {
-                    score
-                }
-            };
-            let best = class().map(score).fold(f64::NEG_INFINITY, f64::max);
-            rendezvous(pod, nodes, class().filter(|c| score(c) >= best - SCORE_TIE))
+                let best = class().map(score).fold(f64::NEG_INFINITY, f64::max);
+                rendezvous(pod, nodes, class().filter(|c| score(c) >= best - SCORE_TIE))
+            }
         }
     }
 }

@@ -118,22 +118,16 @@ fn raise_fd_limit(needed: u64) -> Result<String> {
 }
 
 /// A report as an agent with a Dell-like BMC sends it.
-fn agent_report(
-    spec: &NodePowerSpec,
-    node: &str,
-    instance: &str,
-    sequence: u64,
-) -> pb::NodeReport {
+fn agent_report(spec: &NodePowerSpec, node: &str, instance: &str, sequence: u64) -> pb::NodeReport {
     let mut report = spec.report(node, instance, sequence);
-    let temperature = |role: pb::TemperatureRole, index: u32, celsius: f64, name: &str| {
-        pb::Temperature {
+    let temperature =
+        |role: pb::TemperatureRole, index: u32, celsius: f64, name: &str| pb::Temperature {
             role: role as i32,
             index,
             celsius,
             sensor_name: name.to_string(),
             source: pb::ReadingSource::SdrSensor as i32,
-        }
-    };
+        };
     report.temperatures = vec![
         temperature(pb::TemperatureRole::Inlet, 0, 23.5, "Inlet Temp"),
         temperature(pb::TemperatureRole::Cpu, 0, 51.0, "CPU1 Temp"),
@@ -356,7 +350,8 @@ async fn metric_lines(scheduler: &ServedProcess, prefix: &str) -> Vec<String> {
 
 async fn run() -> Result<()> {
     let args = parse_args()?;
-    let binary: SchedulerBinary = bench::scheduler_binary(args.scheduler.clone(), args.allow_debug)?;
+    let binary: SchedulerBinary =
+        bench::scheduler_binary(args.scheduler.clone(), args.allow_debug)?;
     let idle_seconds = args.idle_seconds.unwrap_or(args.seconds);
     // One descriptor per connection on each side, plus the API server clients and some slack.
     let fd_note = raise_fd_limit(args.streams as u64 + 1024)?;
@@ -424,7 +419,9 @@ async fn run() -> Result<()> {
         .collect();
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     let connected = counters.connected.load(Ordering::Relaxed);
-    let agents = scheduler.metric("wattwise_scheduler_connected_agents").await?;
+    let agents = scheduler
+        .metric("wattwise_scheduler_connected_agents")
+        .await?;
     println!(
         "after warm-up: {connected} streams connected (scheduler: {} open), {} acks, {} rejected, \
          {} errors; measuring {} s …",

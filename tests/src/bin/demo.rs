@@ -131,20 +131,20 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
 }
 
 /// A per-node model for the demo: the node's own SPECpower curve fitted as
-/// `idle + a·u + b·u² + k·(inlet − 23 °C)`. (The generic shipped models of the power-models work
+/// `c + a·u + b·u^e + k·(inlet − 23 °C)`. (The generic shipped models of the power-models work
 /// replace this; the agent loads either the same way.)
 fn fitted_model(server: &SpecServer) -> ModelSpec {
-    let (a, b) = server.quadratic_fit();
+    let fit = server.fit();
     let k = WATTS_PER_CELSIUS_FRACTION * server.watts_at(0.5);
     let mut model = ModelSpec::linear(server.watts[0] as f32, server.watts[10] as f32, k as f32);
     model.name = format!("demo-fit-{}", server.result_id);
     model.training_data = Some(server.url.clone());
     model.defaults = vec![("inlet_celsius".into(), REFERENCE_INLET_CELSIUS)];
-    model.formula.bias = (server.watts[0] - REFERENCE_INLET_CELSIUS * k) as f32;
-    model.formula.linear = vec![a as f32, k as f32];
-    model.formula.power_coeff = b as f32;
+    model.formula.bias = (fit.c - REFERENCE_INLET_CELSIUS * k) as f32;
+    model.formula.linear = vec![fit.a as f32, k as f32];
+    model.formula.power_coeff = fit.b as f32;
     model.formula.power_column = 0;
-    model.formula.exponent = 2.0;
+    model.formula.exponent = fit.exponent as f32;
     model
 }
 
