@@ -383,9 +383,12 @@ async fn a_burst_of_100_pods_on_10_nodes_respects_allocatable_and_spreads() -> R
         10,
         "rising prices spread the burst: {per_node:?}"
     );
-    let max = per_node.values().max().unwrap();
-    let min = per_node.values().min().unwrap();
-    assert!(max - min <= 4, "spread evenly enough: {per_node:?}");
+    // Cheaper curves take more of the burst, but rising prices stop any node from taking it all.
+    assert!(
+        per_node["node-0"] > per_node["node-9"],
+        "the cheapest node takes more than the dearest: {per_node:?}"
+    );
+    assert!(per_node.values().all(|&n| n >= 5), "{per_node:?}");
     Ok(())
 }
 

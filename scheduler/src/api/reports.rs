@@ -15,6 +15,7 @@ use wattwise_proto::v1::power_reports_server::PowerReports;
 
 use crate::api::metrics::SchedulerMetrics;
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::convert::energy_label;
 use crate::queue::SchedulingQueue;
 
 pub struct ReportsService {
@@ -57,14 +58,18 @@ impl Ingest {
             .map_err(|e| ("invalid", e.to_string()))
             .and_then(|valid| {
                 let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let helps = may_change_feasibility(&cache, &valid);
                 cache
                     .ingest_report(&valid, Instant::now())
+                    .map(|()| helps)
                     .map_err(|e| (e.kind(), e.to_string()))
             });
         match outcome {
-            Ok(()) => {
+            Ok(helps) => {
                 self.metrics.report("accepted");
-                self.queue.cluster_changed();
+                if helps {
+                    self.queue.cluster_changed();
+                }
                 debug!(%node, sequence, "report accepted");
                 pb::ReportAck {
                     sequence,
@@ -85,6 +90,19 @@ impl Ingest {
             }
         }
     }
+}
+
+/// Whether `report` could make a pod fit that did not: the filters read one thing from reports,
+/// the node's energy level (report, else label; `refresh_power` in the cache). A report that
+/// leaves it as the last decision saw it does not wake unschedulable pods: with every agent
+/// reporting every few seconds that would retry each of them at its backoff, over all nodes and
+/// under the cache lock, instead of on a helpful event.
+fn may_change_feasibility(cache: &ClusterCache, report: &wattwise_core::ValidatedReport) -> bool {
+    let Some(node) = cache.node(report.node_name()) else {
+        return true;
+    };
+    let label = energy_label(&node.labels, &cache.settings().energy_label).and_then(Result::ok);
+    report.energy_level().or(label) != node.energy
 }
 
 impl Drop for Ingest {

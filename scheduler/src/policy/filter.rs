@@ -360,13 +360,15 @@ impl Filters {
         Self(vec![
             Box::new(NodeUnschedulable),
             Box::new(NodeReady),
+            // A node's energy state, like its readiness, matters more to an operator reading
+            // FailedScheduling than whether it happens to be full.
+            Box::new(EnergyFloor {
+                lowest_allowed: lowest_energy,
+            }),
             Box::new(TaintToleration),
             Box::new(NodeAffinity),
             Box::new(ResourcesFit),
             Box::new(HostPorts),
-            Box::new(EnergyFloor {
-                lowest_allowed: lowest_energy,
-            }),
         ])
     }
 
@@ -785,6 +787,12 @@ mod tests {
         assert_eq!(filters.first_failure(&p, &n), None);
         n.energy = Some(EnergyLevel::Powerless);
         n.requested.cpu_millicores = n.allocatable.cpu_millicores;
+        let powerless = filters.first_failure(&p, &n).expect("rejected");
+        assert_eq!(
+            powerless.0, "EnergyFloor",
+            "energy before a full node: {powerless:?}"
+        );
+        n.energy = None;
         assert_eq!(
             filters.first_failure(&p, &n),
             Some(("NodeResourcesFit", FilterReason::Insufficient("cpu".into())))
@@ -800,11 +808,11 @@ mod tests {
             [
                 "NodeUnschedulable",
                 "NodeReady",
+                "EnergyFloor",
                 "TaintToleration",
                 "NodeAffinity",
                 "NodeResourcesFit",
-                "NodePorts",
-                "EnergyFloor"
+                "NodePorts"
             ]
         );
     }

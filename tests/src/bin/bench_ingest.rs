@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use wattwise_proto::v1 as pb;
@@ -38,12 +41,14 @@ struct Args {
     warmup: u64,
     idle_seconds: Option<u64>,
     node_concurrency: usize,
+    unschedulable_pods: usize,
     scheduler: Option<PathBuf>,
     allow_debug: bool,
 }
 
 const USAGE: &str = "usage: wattwise-bench-ingest [--streams N (5000)] [--seconds S (60)] \
 [--warmup S (10)] [--idle-seconds S (= --seconds)] [--node-concurrency C (32)] \
+[--unschedulable-pods N (0)] \
 [--scheduler PATH | --release-binaries (default) | --allow-debug]";
 
 fn parse_args() -> Result<Args> {
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Args> {
         warmup: 10,
         idle_seconds: None,
         node_concurrency: 32,
+        unschedulable_pods: 0,
         scheduler: None,
         allow_debug: false,
     };
@@ -64,6 +70,9 @@ fn parse_args() -> Result<Args> {
             "--warmup" => args.warmup = bench::flag_value(&flag, it.next())?,
             "--idle-seconds" => args.idle_seconds = Some(bench::flag_value(&flag, it.next())?),
             "--node-concurrency" => args.node_concurrency = bench::flag_value(&flag, it.next())?,
+            "--unschedulable-pods" => {
+                args.unschedulable_pods = bench::flag_value(&flag, it.next())?
+            }
             "--scheduler" => args.scheduler = Some(bench::flag_value(&flag, it.next())?),
             "--release-binaries" => args.allow_debug = false,
             "--allow-debug" => args.allow_debug = true,
@@ -336,6 +345,52 @@ async fn measure(scheduler: &mut ServedProcess, seconds: u64) -> Result<Window> 
     })
 }
 
+/// Creates `count` pods for wattwise that fit no node (64 CPUs each) and waits until the
+/// scheduler holds them all as unschedulable: a cluster with pods waiting while agents report.
+async fn create_unschedulable_pods(
+    plane: &ControlPlane,
+    scheduler: &ServedProcess,
+    count: usize,
+) -> Result<()> {
+    let client = plane.client().await?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    futures::stream::iter((0..count).map(|i| {
+        let pods = pods.clone();
+        async move {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("too-big-{i:05}"), "namespace": "default"},
+                "spec": {
+                    "schedulerName": "wattwise",
+                    "containers": [{
+                        "name": "work", "image": "busybox",
+                        "resources": {"requests": {"cpu": "64", "memory": "64Mi"}}
+                    }]
+                }
+            }))?;
+            pods.create(&PostParams::default(), &pod).await?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await?;
+    let series = "wattwise_scheduler_pending_pods{queue=\"unschedulable\"}";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let held = scheduler.metric(series).await?.unwrap_or(0.0);
+        if held >= count as f64 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {held} of {count} pods are unschedulable in the scheduler after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("{count} pods that fit no node (64 CPUs each) wait as unschedulable");
+    Ok(())
+}
+
 /// `series value` lines of the scheduler's metrics that start with `prefix`.
 async fn metric_lines(scheduler: &ServedProcess, prefix: &str) -> Vec<String> {
     scheduler
@@ -388,11 +443,19 @@ async fn run() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("scheduler pid {} has all nodes", scheduler.pid());
+    if args.unschedulable_pods > 0 {
+        create_unschedulable_pods(&plane, &scheduler, args.unschedulable_pods).await?;
+    }
 
     println!("idle baseline, {idle_seconds} s …");
     // Let start-up settle first.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let unschedulable_series =
+        "wattwise_scheduler_schedule_attempts_total{result=\"unschedulable\"}";
+    let idle_retries_before = scheduler.metric(unschedulable_series).await?.unwrap_or(0.0);
     let idle = measure(&mut scheduler, idle_seconds).await?;
+    let idle_retries =
+        scheduler.metric(unschedulable_series).await?.unwrap_or(0.0) - idle_retries_before;
 
     println!(
         "starting {} streams, warm-up {} s …",
@@ -432,6 +495,7 @@ async fn run() -> Result<()> {
         args.seconds
     );
 
+    let retries_before = scheduler.metric(unschedulable_series).await?.unwrap_or(0.0);
     let before = counters.snapshot();
     counters.measuring.store(true, Ordering::Relaxed);
     let loaded = measure(&mut scheduler, args.seconds).await;
@@ -439,6 +503,7 @@ async fn run() -> Result<()> {
     let after = counters.snapshot();
     let loaded = loaded?;
     let reports = metric_lines(&scheduler, "wattwise_scheduler_reports_total").await;
+    let retries = scheduler.metric(unschedulable_series).await?.unwrap_or(0.0) - retries_before;
 
     let _ = stop_tx.send(true);
     let mut latencies: Vec<u32> = Vec::new();
@@ -534,6 +599,13 @@ async fn run() -> Result<()> {
         idle.bench_cores()
     );
     println!("scheduler report counters: {}", reports.join(", "));
+    if args.unschedulable_pods > 0 {
+        println!(
+            "unschedulable pods retried {retries} times in the window ({:.1}/s; idle window: {:.1}/s)",
+            retries / loaded.wall.as_secs_f64(),
+            idle_retries / idle.wall.as_secs_f64()
+        );
+    }
     if let Some(r) = counters.first_rejection.lock().unwrap().as_ref() {
         println!("first rejection: {r}");
     }
