@@ -24,6 +24,10 @@ struct Cli {
     /// ONNX power model (overrides `model.path`).
     #[arg(long, env = "WATTWISE_MODEL")]
     model: Option<PathBuf>,
+    /// BMC address for `bmc.mode: lan` (overrides `bmc.host`): one DaemonSet config serves every
+    /// node when each node's BMC address comes from its environment.
+    #[arg(long, env = "WATTWISE_BMC_HOST")]
+    bmc_host: Option<String>,
     /// gRPC listen address (overrides `grpc.listen`).
     #[arg(long, env = "WATTWISE_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -56,6 +60,9 @@ impl Cli {
         }
         if self.model.is_some() {
             config.model.path = self.model;
+        }
+        if self.bmc_host.is_some() {
+            config.bmc.host = self.bmc_host.clone();
         }
         if let Some(addr) = self.grpc_listen {
             config.grpc.listen = addr;
@@ -143,5 +150,19 @@ mod tests {
         .into_config()
         .unwrap_err();
         assert!(format!("{err:#}").contains("model.path"), "{err:#}");
+    }
+
+    #[test]
+    fn the_bmc_host_comes_from_the_node_when_the_shared_config_has_none() {
+        let file = config_file(
+            "node_name: n1\nmodel: {path: /m.onnx}\nbmc: {mode: lan, username: root}\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let err = cli(&["--config", path]).into_config().unwrap_err();
+        assert!(format!("{err:#}").contains("bmc.host"), "{err:#}");
+        let config = cli(&["--config", path, "--bmc-host", "10.0.0.7"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.bmc.host.as_deref(), Some("10.0.0.7"));
     }
 }

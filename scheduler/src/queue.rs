@@ -1,8 +1,8 @@
 //! Pending pods for this scheduler: highest priority first, then first come first served.
 //! A pod that could not be placed waits as unschedulable until an event that could help (node
-//! added or changed, pod deleted, a new agent report) or `unschedulable_retry` passes; every retry
-//! respects its exponential backoff. Nothing here busy-loops and no pod is forgotten: a pod leaves
-//! only when bound, deleted or no longer ours.
+//! added or changed, pod deleted, an agent report that changes a node's energy level) or
+//! `unschedulable_retry` passes; every retry respects its exponential backoff. Nothing here
+//! busy-loops and no pod is forgotten: a pod leaves only when bound, deleted or no longer ours.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};

@@ -354,8 +354,8 @@ impl Filter for EnergyFloor {
 pub struct Filters(pub Vec<Box<dyn Filter + Send + Sync>>);
 
 impl Filters {
-    /// kube's checks, then the energy floor last, so a node failing both is counted under the
-    /// reason kube users know.
+    /// kube's checks in kube's order, with the energy floor right after readiness: a node failing
+    /// several is counted under its first failure.
     pub fn standard(lowest_energy: EnergyLevel) -> Self {
         Self(vec![
             Box::new(NodeUnschedulable),
