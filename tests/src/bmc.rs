@@ -4,6 +4,10 @@
 //! compiled once per source content). Every BMC also loads `tests/bmc/add_sdr.c`, a spec-conforming
 //! Add SDR (ipmi_sim 2.0.33's own rejects well-formed records), so a test can change the SDR while
 //! the BMC runs ([`Bmc::add_sdr`]).
+//!
+//! [`Bmc::start_with_system_interface`] also opens the BMC's system interface (channel 15) as a
+//! TCP listener speaking qemu's `ipmi-bmc-extern` protocol (ipmi_sim's `VM` codec), so a virtual
+//! machine's KCS interface reaches this same BMC in-band (see [`crate::inband`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,7 +18,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::process::{cache_dir, free_udp_port, require_program, ManagedProcess, CHILD_MARKER_ENV};
+use crate::process::{
+    cache_dir, free_tcp_port, free_udp_port, require_program, ManagedProcess, CHILD_MARKER_ENV,
+};
 
 const DCMI_MODULE_SOURCE: &str = include_str!("../bmc/dcmi_power.c");
 const ADD_SDR_MODULE_SOURCE: &str = include_str!("../bmc/add_sdr.c");
@@ -232,17 +238,34 @@ pub struct Bmc {
     spec: BmcSpec,
     dir: tempfile::TempDir,
     port: u16,
+    /// TCP port of the system interface for qemu, when started with one.
+    vm_port: Option<u16>,
     process: Option<ManagedProcess>,
 }
 
 impl Bmc {
     /// Writes the configuration and starts `ipmi_sim`, waiting until it answers over RMCP+.
     pub async fn start(spec: BmcSpec) -> Result<Self> {
+        Self::start_inner(spec, false).await
+    }
+
+    /// [`Bmc::start`], plus the system interface on a loopback TCP port ([`Bmc::vm_port`]) for a
+    /// qemu `ipmi-bmc-extern` device: the guest's kernel IPMI driver talks to this BMC.
+    pub async fn start_with_system_interface(spec: BmcSpec) -> Result<Self> {
+        Self::start_inner(spec, true).await
+    }
+
+    async fn start_inner(spec: BmcSpec, system_interface: bool) -> Result<Self> {
         let ipmi_sim = require_program("ipmi_sim")?;
         require_program("ipmitool")?;
         let dir = tempfile::Builder::new().prefix("wattwise-bmc-").tempdir()?;
         std::fs::create_dir(dir.path().join("state"))?;
         let port = free_udp_port()?;
+        let vm_port = if system_interface {
+            Some(free_tcp_port()?)
+        } else {
+            None
+        };
         let dcmi = match spec.dcmi_watts {
             Some(_) => Some(compile_module("dcmi_power", DCMI_MODULE_SOURCE)?),
             None => None,
@@ -253,6 +276,7 @@ impl Bmc {
             spec,
             dir,
             port,
+            vm_port,
             process: None,
         };
         std::fs::write(
@@ -308,6 +332,11 @@ impl Bmc {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TCP port of the system interface (qemu `ipmi-bmc-extern`), if started with one.
+    pub fn vm_port(&self) -> Option<u16> {
+        self.vm_port
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -462,8 +491,13 @@ impl Bmc {
              \x20   allowed_auths_admin none md2 md5 straight\n\
              \x20   guid a123456789abcdefa123456789abcdef\n\
              \x20 endlan\n\
+             {serial}\
              \x20 user 2 true \"{user}\" \"{password}\" admin 10 none md2 md5 straight\n",
             port = self.port,
+            serial = match self.vm_port {
+                Some(vm_port) => format!("  serial 15 127.0.0.1 {vm_port} codec VM\n"),
+                None => String::new(),
+            },
             user = self.spec.username,
             password = self.spec.password,
         );

@@ -12,11 +12,14 @@
 //! - [`specpower`]: the SPECpower results in data/specpower/.
 //! - [`served`]: a wattwise binary with generated config on free ports (agent and scheduler).
 //! - [`bench`]: what the scheduler benchmarks share (release binary, many nodes, /proc figures).
+//! - [`inband`]: the agent in a qemu guest (Debian's kernel, TCG) reading an ipmi_sim BMC in-band
+//!   through the guest's KCS interface and `/dev/ipmi0`.
 pub mod agent;
 pub mod bench;
 pub mod bmc;
 pub mod control_plane;
 pub mod grpcurl;
+pub mod inband;
 pub mod onnx;
 pub mod process;
 pub mod prometheus;

@@ -206,7 +206,7 @@ async fn agent_stream(
     let mut sequence = 0u64;
     let mut stream: Option<ReportStream> = None;
     let mut ticks = tokio::time::interval_at(start, Duration::from_secs(1));
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -586,9 +586,13 @@ async fn run() -> Result<()> {
         (loaded.cores() - idle.cores()) * loaded.wall.as_secs_f64() * 1e6 / acked.max(1) as f64
     );
     println!(
-        "increment over idle: CPU +{:.3} cores (×{:.1}), RSS mean +{:.1} MiB (×{:.2}), VmHWM +{:.1} MiB",
+        "increment over idle: CPU +{:.3} cores ({}), RSS mean +{:.1} MiB (×{:.2}), VmHWM +{:.1} MiB",
         loaded.cores() - idle.cores(),
-        loaded.cores() / idle.cores().max(1e-9),
+        if idle.cores() >= 0.001 {
+            format!("×{:.1}", loaded.cores() / idle.cores())
+        } else {
+            "idle < 0.001 core: no meaningful ratio".to_string()
+        },
         loaded.rss_mean_mib() - idle.rss_mean_mib(),
         loaded.rss_mean_mib() / idle.rss_mean_mib().max(1e-9),
         (loaded.end.hwm as f64 - idle.end.hwm as f64) / MIB

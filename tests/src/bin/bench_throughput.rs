@@ -445,20 +445,20 @@ async fn run() -> Result<()> {
             bench::verdict(ratio >= 1.0)
         );
     }
-    if let Some(raised) = results.iter().find(|p| p.label.contains("raised")) {
+    if results.iter().any(|p| p.label.contains("raised")) {
         println!(
-            "comparable setting: kube-scheduler with raised client limits ({} pods/s) vs wattwise \
-             ({wattwise_rate:.1} pods/s); both then limited only by the API server and themselves",
-            format_args!("{:.1}", raised.pods_per_second())
+            "the comparable setting is the raised one: neither client is then rate-limited on its \
+             side, both are limited only by the API server, etcd and themselves"
         );
     }
-    let fastest_creation = results
-        .iter()
-        .map(|p| p.pods as f64 / p.created.as_secs_f64())
-        .fold(f64::MAX, f64::min);
     println!(
-        "pod creation ran at ≥ {fastest_creation:.0} pods/s: a phase close to that rate is bound by \
-         creation, not by its scheduler"
+        "pod creation rate per phase (pods/s): {} — a phase whose pods/s is close to its creation \
+         rate is bound by creation, not by its scheduler",
+        results
+            .iter()
+            .map(|p| format!("{:.0}", p.pods as f64 / p.created.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     drop(plane);
     Ok(())
