@@ -20,6 +20,7 @@ pub mod bmc;
 pub mod control_plane;
 pub mod grpcurl;
 pub mod inband;
+pub mod node_power;
 pub mod onnx;
 pub mod process;
 pub mod prometheus;

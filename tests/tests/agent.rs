@@ -11,6 +11,7 @@ use wattwise_proto::v1 as pb;
 use wattwise_testenv::agent::AgentProcess;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
+use wattwise_testenv::node_power::{get_report, role_status, temperature, wait_report};
 use wattwise_testenv::onnx::write_linear_model;
 use wattwise_testenv::prometheus::Prometheus;
 use wattwise_testenv::receiver::{self, ReportReceiver};
@@ -47,33 +48,6 @@ fn expected_watts(u: f64) -> f64 {
     IDLE + (PEAK - IDLE) * u
 }
 
-async fn get_report(grpcurl: &Grpcurl) -> Value {
-    grpcurl
-        .call("wattwise.v1.NodePower/GetReport", &json!({}))
-        .await
-        .unwrap()
-}
-
-/// Polls GetReport until `check` holds, for at most `timeout`.
-async fn wait_report(
-    grpcurl: &Grpcurl,
-    timeout: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let report = get_report(grpcurl).await;
-        if check(&report) {
-            return report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}; last report {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn grpcurl_lists_and_calls_get_predict_and_watch() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,7 +61,7 @@ async fn grpcurl_lists_and_calls_get_predict_and_watch() {
         assert!(services.iter().any(|x| x == s), "{s} not in {services:?}");
     }
 
-    let report = get_report(&grpcurl).await;
+    let report = get_report(&grpcurl).await.unwrap();
     assert_eq!(report["nodeName"], "node-g");
     assert_eq!(report["cpu"]["capacityMillicores"], "8000");
     let curve: Vec<f64> = report["curve"]["watts"]
@@ -168,37 +142,46 @@ async fn utilisation_and_energy_changes_show_within_two_intervals() {
         .await
         .unwrap();
     let grpcurl = Grpcurl::new(agent.grpc_addr()).unwrap();
-    wait_report(&grpcurl, Duration::from_secs(2), |r| {
-        r["energy"]["level"] == "ENERGY_LEVEL_WELL_POWERED"
-    })
+    wait_report(
+        &grpcurl,
+        Duration::from_secs(2),
+        "energy level from the file",
+        |r| r["energy"]["level"] == "ENERGY_LEVEL_WELL_POWERED",
+    )
     .await;
 
     std::fs::write(dir.path().join("util"), "0.6").unwrap();
     let changed = tokio::time::Instant::now();
-    wait_report(&grpcurl, Duration::from_millis(500), |r| {
-        r["cpu"]["utilisation"].as_f64() == Some(0.6)
-    })
+    wait_report(
+        &grpcurl,
+        Duration::from_millis(500),
+        "utilisation from the file",
+        |r| r["cpu"]["utilisation"].as_f64() == Some(0.6),
+    )
     .await;
     assert!(changed.elapsed() <= Duration::from_millis(500));
 
     // 74 % is inside the hysteresis band below 75 %: the level holds; 70 % is past it.
     std::fs::write(&energy, "74").unwrap();
-    let held = wait_report(&grpcurl, Duration::from_secs(2), |r| {
+    let held = wait_report(&grpcurl, Duration::from_secs(2), "energy percent 74", |r| {
         r["energy"]["percent"].as_f64() == Some(74.0)
     })
     .await;
     assert_eq!(held["energy"]["level"], "ENERGY_LEVEL_WELL_POWERED");
     std::fs::write(&energy, "70").unwrap();
-    wait_report(&grpcurl, Duration::from_millis(500), |r| {
-        r["energy"]["level"] == "ENERGY_LEVEL_VULNERABLE"
-    })
+    wait_report(
+        &grpcurl,
+        Duration::from_millis(500),
+        "hysteresis holds vulnerable",
+        |r| r["energy"]["level"] == "ENERGY_LEVEL_VULNERABLE",
+    )
     .await;
 
     // A broken energy reading keeps the last level rather than dropping it.
     std::fs::write(&energy, "lots").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        get_report(&grpcurl).await["energy"]["level"],
+        get_report(&grpcurl).await.unwrap()["energy"]["level"],
         "ENERGY_LEVEL_VULNERABLE"
     );
     assert!(
@@ -377,26 +360,6 @@ fn bmc_yaml(bmc: &Bmc) -> String {
     )
 }
 
-fn temperature(report: &Value, role: &str, index: u64) -> Option<(f64, String)> {
-    report["temperatures"].as_array()?.iter().find_map(|t| {
-        let same_index = t["index"].as_u64().unwrap_or(0) == index;
-        (t["role"] == role && same_index).then(|| {
-            (
-                t["celsius"].as_f64().unwrap(),
-                t["sensorName"].as_str().unwrap().to_string(),
-            )
-        })
-    })
-}
-
-fn role_status(report: &Value, role: &str) -> String {
-    report["sensors"]
-        .as_array()
-        .and_then(|s| s.iter().find(|h| h["role"] == role))
-        .map(|h| h["status"].as_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
 async fn agent_on(
     bmc: &Bmc,
     dir: &Path,
@@ -419,9 +382,12 @@ async fn two_vendor_layouts_are_mapped_to_roles_with_dcmi_or_sdr_power() {
     let lenovo_agent = agent_on(&lenovo, d2.path(), "node-lenovo", 0.0, lenovo.password()).await;
 
     let dell_grpc = Grpcurl::new(dell_agent.grpc_addr()).unwrap();
-    let r = wait_report(&dell_grpc, Duration::from_secs(10), |r| {
-        r["measured"]["source"] == "READING_SOURCE_DCMI"
-    })
+    let r = wait_report(
+        &dell_grpc,
+        Duration::from_secs(10),
+        "Dell-like layout read with DCMI",
+        |r| r["measured"]["source"] == "READING_SOURCE_DCMI",
+    )
     .await;
     assert_eq!(
         temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
@@ -445,9 +411,12 @@ async fn two_vendor_layouts_are_mapped_to_roles_with_dcmi_or_sdr_power() {
     );
 
     let lenovo_grpc = Grpcurl::new(lenovo_agent.grpc_addr()).unwrap();
-    let r = wait_report(&lenovo_grpc, Duration::from_secs(10), |r| {
-        r["measured"]["source"] == "READING_SOURCE_SDR_SENSOR"
-    })
+    let r = wait_report(
+        &lenovo_grpc,
+        Duration::from_secs(10),
+        "Lenovo-like layout read with its SDR power sensor",
+        |r| r["measured"]["source"] == "READING_SOURCE_SDR_SENSOR",
+    )
     .await;
     assert_eq!(
         temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
@@ -491,7 +460,7 @@ async fn a_changed_reading_reaches_grpc_metrics_and_the_model() {
         .await
         .unwrap();
     let grpc = Grpcurl::new(agent.grpc_addr()).unwrap();
-    let before = wait_report(&grpc, Duration::from_secs(10), |r| {
+    let before = wait_report(&grpc, Duration::from_secs(10), "first inlet reading", |r| {
         temperature(r, "TEMPERATURE_ROLE_INLET", 0).is_some()
     })
     .await;
@@ -505,7 +474,7 @@ async fn a_changed_reading_reaches_grpc_metrics_and_the_model() {
     bmc.set_reading("Sys Power", 250.0).unwrap();
     // Two report intervals, plus ipmi_sim's own 250 ms poll of its sensor files.
     let window = Duration::from_millis(2 * 500 + 250);
-    let after = wait_report(&grpc, window, |r| {
+    let after = wait_report(&grpc, window, "changed inlet reading", |r| {
         temperature(r, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0) == Some(30.0)
     })
     .await;
@@ -554,7 +523,7 @@ async fn a_wrong_password_keeps_the_agent_serving_with_ipmi_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = agent_on(&bmc, dir.path(), "node-w", 0.0, "not-the-password").await;
     let grpc = Grpcurl::new(agent.grpc_addr()).unwrap();
-    let report = get_report(&grpc).await;
+    let report = get_report(&grpc).await.unwrap();
     assert_eq!(
         report["measured"]["source"], "READING_SOURCE_NONE",
         "{report}"
@@ -583,15 +552,18 @@ async fn a_bmc_crash_makes_values_stale_and_its_return_recovers_them() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_on(&bmc, dir.path(), "node-k", 0.0, bmc.password()).await;
     let grpc = Grpcurl::new(agent.grpc_addr()).unwrap();
-    wait_report(&grpc, Duration::from_secs(10), |r| {
+    wait_report(&grpc, Duration::from_secs(10), "first BMC read", |r| {
         role_status(r, "inlet") == "SENSOR_STATUS_OK"
     })
     .await;
 
     bmc.kill();
-    let stale = wait_report(&grpc, Duration::from_secs(10), |r| {
-        role_status(r, "inlet") == "SENSOR_STATUS_STALE"
-    })
+    let stale = wait_report(
+        &grpc,
+        Duration::from_secs(10),
+        "inlet stale after the BMC died",
+        |r| role_status(r, "inlet") == "SENSOR_STATUS_STALE",
+    )
     .await;
     assert_eq!(
         temperature(&stale, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0),
@@ -606,10 +578,15 @@ async fn a_bmc_crash_makes_values_stale_and_its_return_recovers_them() {
 
     bmc.set_reading("Inlet Temp", 26.0).unwrap();
     bmc.restart().await.unwrap();
-    let back = wait_report(&grpc, Duration::from_secs(40), |r| {
-        role_status(r, "inlet") == "SENSOR_STATUS_OK"
-            && temperature(r, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0) == Some(26.0)
-    })
+    let back = wait_report(
+        &grpc,
+        Duration::from_secs(40),
+        "inlet back after the BMC returned",
+        |r| {
+            role_status(r, "inlet") == "SENSOR_STATUS_OK"
+                && temperature(r, "TEMPERATURE_ROLE_INLET", 0).map(|t| t.0) == Some(26.0)
+        },
+    )
     .await;
     assert_eq!(back["measured"]["source"], "READING_SOURCE_DCMI", "{back}");
     assert!(agent

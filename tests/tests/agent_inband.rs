@@ -7,19 +7,14 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
 use wattwise_testenv::inband::{InBandAgent, MARK_DEVICE};
+use wattwise_testenv::node_power::{get_report, poll_report, role_status, temperature};
 use wattwise_testenv::onnx::write_linear_model;
 
-async fn get_report(grpcurl: &Grpcurl) -> Value {
-    grpcurl
-        .call("wattwise.v1.NodePower/GetReport", &json!({}))
-        .await
-        .unwrap()
-}
-
+/// [`poll_report`] that shows the guest's console when it times out.
 async fn wait_report(
     grpcurl: &Grpcurl,
     guest: &InBandAgent,
@@ -27,39 +22,14 @@ async fn wait_report(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let report = get_report(grpcurl).await;
-        if check(&report) {
-            return report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last report {report}\nguest console:\n{}",
-            guest.console_tail(60)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn temperature(report: &Value, role: &str, index: u64) -> Option<(f64, String)> {
-    report["temperatures"].as_array()?.iter().find_map(|t| {
-        let same_index = t["index"].as_u64().unwrap_or(0) == index;
-        (t["role"] == role && same_index).then(|| {
-            (
-                t["celsius"].as_f64().unwrap(),
-                t["sensorName"].as_str().unwrap().to_string(),
+    poll_report(grpcurl, timeout, check)
+        .await
+        .unwrap_or_else(|last| {
+            panic!(
+                "{what}: not within {timeout:?}; last report {last}\nguest console:\n{}",
+                guest.console_tail(60)
             )
         })
-    })
-}
-
-fn role_status(report: &Value, role: &str) -> String {
-    report["sensors"]
-        .as_array()
-        .and_then(|s| s.iter().find(|h| h["role"] == role))
-        .map(|h| h["status"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
 }
 
 /// Boots the guest with the agent reading `bmc` in-band (linear model 80..280 W, 50 % CPU) and
@@ -112,7 +82,7 @@ async fn the_agent_in_a_vm_reads_the_bmc_in_band_through_dev_ipmi0() {
 
     let (guest, grpc, _dir) = boot(&bmc, "node-inband").await;
     let booted = started.elapsed();
-    assert_eq!(get_report(&grpc).await["nodeName"], "node-inband");
+    assert_eq!(get_report(&grpc).await.unwrap()["nodeName"], "node-inband");
     let r = wait_report(
         &grpc,
         &guest,

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use wattwise_testenv::agent::AgentProcess;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
+use wattwise_testenv::node_power::{get_report, role_status, wait_report};
 use wattwise_testenv::onnx::write_linear_model;
 
 /// The Lenovo-like layout without its component meters (whose names would make the power role
@@ -23,41 +23,6 @@ fn bmc_without_power_record() -> BmcSpec {
         }
     }
     spec
-}
-
-async fn get_report(grpcurl: &Grpcurl) -> Value {
-    grpcurl
-        .call("wattwise.v1.NodePower/GetReport", &json!({}))
-        .await
-        .unwrap()
-}
-
-async fn wait_report(
-    grpcurl: &Grpcurl,
-    timeout: Duration,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let report = get_report(grpcurl).await;
-        if check(&report) {
-            return report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last report {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn role_status(report: &Value, role: &str) -> String {
-    report["sensors"]
-        .as_array()
-        .and_then(|s| s.iter().find(|h| h["role"] == role))
-        .map(|h| h["status"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
 }
 
 /// The value of the series `name` (with its labels, if any; an empty label set may show as `{}`)
@@ -136,7 +101,7 @@ async fn a_power_sensor_added_to_the_sdr_at_runtime_fills_the_power_role() {
     assert!(!text.contains("ipmi_power_watts{"), "{text}");
     // Several check intervals pass without a change: nothing is re-read, the role stays missing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let unchanged = get_report(&grpc).await;
+    let unchanged = get_report(&grpc).await.unwrap();
     assert_eq!(role_status(&unchanged, "power"), "SENSOR_STATUS_MISSING");
     assert!(
         !agent.log_tail(500).contains("SDR repository changed"),
