@@ -174,10 +174,11 @@ pub fn cpu_time(pid: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
-/// A process' memory from `/proc/<pid>/status`, bytes.
+/// A process' memory from `/proc/<pid>/status`, bytes: resident set, its anonymous part, peak.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
     pub rss: u64,
+    pub anon: u64,
     pub hwm: u64,
     pub threads: u64,
 }
@@ -194,6 +195,7 @@ pub fn memory(pid: &str) -> Result<Memory> {
     };
     Ok(Memory {
         rss: field("VmRSS")? * 1024,
+        anon: field("RssAnon")? * 1024,
         hwm: field("VmHWM")? * 1024,
         threads: field("Threads")?,
     })

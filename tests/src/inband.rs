@@ -24,7 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::bmc::Bmc;
 use crate::process::{cache_dir, free_tcp_port, require_program, ManagedProcess};
-use crate::served::workspace_binary;
+use crate::served::{scrape, workspace_binary};
 
 /// Where the agent, its config and the test's files live in the guest.
 pub const GUEST_DIR: &str = "/agent";
@@ -468,14 +468,7 @@ impl InBandAgent {
 
     /// The agent's `/metrics` exposition.
     pub async fn metrics_text(&self) -> Result<String> {
-        Ok(self
-            .http
-            .get(format!("http://{}/metrics", self.metrics))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
+        scrape(&self.http, self.metrics).await
     }
 
     /// Stops the VM (SIGTERM to qemu, which exits at once).

@@ -31,6 +31,17 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// The `/metrics` exposition served at `addr`.
+pub async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> Result<String> {
+    Ok(http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 /// Where a served process listens, chosen before it starts.
 #[derive(Debug, Clone)]
 pub struct Ports {
@@ -168,14 +179,7 @@ impl ServedProcess {
 
     /// The `/metrics` exposition.
     pub async fn metrics_text(&self) -> Result<String> {
-        Ok(self
-            .http
-            .get(format!("http://{}/metrics", self.metrics))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
+        scrape(&self.http, self.metrics).await
     }
 
     /// The value of the first sample whose series (name plus labels, as exposed) starts with

@@ -17,13 +17,14 @@
 //! Targets (issue 4): agent RSS ≤ 20 MiB and CPU ≤ 1 % of one core at a 1 s interval over 60 s.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tokio::sync::mpsc;
 use wattwise_proto::v1 as pb;
 use wattwise_testenv::agent::{AgentProcess, Launch};
+use wattwise_testenv::bench;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::onnx::ModelSpec;
 use wattwise_testenv::process::ManagedProcess;
@@ -102,50 +103,6 @@ fn model() -> ModelSpec {
     spec
 }
 
-/// Resident set size, its anonymous part and its peak, bytes, and the thread count, from
-/// `/proc/<pid>/status`.
-fn memory(pid: u32) -> Result<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok(Memory {
-        rss: field("VmRSS")? * 1024,
-        anon: field("RssAnon")? * 1024,
-        hwm: field("VmHWM")? * 1024,
-        threads: field("Threads")?,
-    })
-}
-
-struct Memory {
-    rss: u64,
-    anon: u64,
-    hwm: u64,
-    threads: u64,
-}
-
-/// utime + stime of all the process's threads, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // After "(comm)": state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed /proc/<pid>/stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
-}
-
 fn rusage_cpu(usage: &libc::rusage) -> Duration {
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
@@ -177,7 +134,7 @@ async fn measure_agent(
     let pid = agent.pid();
     while reports.try_recv().is_ok() {}
     let started = Instant::now();
-    let cpu_before = cpu_time(pid)?;
+    let cpu_before = bench::cpu_time(&pid.to_string())?;
     let (mut rss, mut anon) = (Vec::new(), Vec::new());
     let mut threads = 0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -193,14 +150,14 @@ async fn measure_agent(
         if second % 15 == 0 {
             agent.metrics_text().await?;
         }
-        let now = memory(pid)?;
+        let now = bench::memory(&pid.to_string())?;
         rss.push(now.rss);
         anon.push(now.anon);
         threads = threads.max(now.threads);
     }
-    let cpu = cpu_time(pid)? - cpu_before;
+    let cpu = bench::cpu_time(&pid.to_string())? - cpu_before;
     let wall = started.elapsed();
-    let hwm = memory(pid)?.hwm;
+    let hwm = bench::memory(&pid.to_string())?.hwm;
     let mut received = 0;
     while reports.try_recv().is_ok() {
         received += 1;
@@ -439,12 +396,6 @@ async fn run() -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wattwise-agent-bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> Result<()> {
+    run().await
 }

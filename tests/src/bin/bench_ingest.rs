@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -624,12 +623,6 @@ async fn run() -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wattwise-bench-ingest: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> Result<()> {
+    run().await
 }

@@ -23,7 +23,6 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -465,12 +464,6 @@ async fn run() -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wattwise-bench-throughput: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> Result<()> {
+    run().await
 }
