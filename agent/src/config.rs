@@ -23,6 +23,7 @@ pub struct AgentConfig {
     pub bmc: BmcConfig,
     pub cpu: CpuConfig,
     pub model: ModelConfig,
+    pub calibration: CalibrationConfig,
     pub energy: EnergyConfig,
     pub grpc: ListenConfig,
     pub metrics: ListenConfig,
@@ -37,6 +38,7 @@ impl Default for AgentConfig {
             bmc: BmcConfig::default(),
             cpu: CpuConfig::default(),
             model: ModelConfig::default(),
+            calibration: CalibrationConfig::default(),
             energy: EnergyConfig::default(),
             grpc: ListenConfig {
                 listen: "0.0.0.0:9101".parse().expect("valid literal"),
@@ -150,6 +152,33 @@ pub struct ModelConfig {
     pub overrides: ModelOverrides,
 }
 
+/// Online calibration of the model against the BMC's measured watts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationConfig {
+    /// Fit `a·P_model + b` to measured watts and report the corrected curve.
+    pub enabled: bool,
+    /// Node-local file the fit is kept in across agent restarts.
+    pub state_path: PathBuf,
+    /// RLS forgetting factor λ per sample (one sample per `interval`).
+    pub forgetting: f64,
+    /// Longest time a changed fit waits before it is written to `state_path` (it is also written
+    /// on shutdown and when the calibration state changes).
+    #[serde(with = "humantime_serde")]
+    pub save_interval: Duration,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            state_path: PathBuf::from("/var/lib/wattwise/calibration.json"),
+            forgetting: crate::model::calibration::DEFAULT_FORGETTING,
+            save_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnergyConfig {
@@ -248,6 +277,7 @@ impl AgentConfig {
             return Err(invalid("cpu.capacity_millicores", "must be > 0"));
         }
         self.validate_model()?;
+        self.validate_calibration()?;
         self.validate_energy()?;
         if self.scheduler.backoff_min.is_zero()
             || self.scheduler.backoff_min > self.scheduler.backoff_max
@@ -324,6 +354,36 @@ impl AgentConfig {
         Ok(())
     }
 
+    fn validate_calibration(&self) -> Result<(), ConfigError> {
+        let c = &self.calibration;
+        let range = crate::model::calibration::FORGETTING_RANGE;
+        if !range.contains(&c.forgetting) {
+            return Err(invalid(
+                "calibration.forgetting",
+                format!(
+                    "{} is outside {}..={} (0.998 forgets a sample's weight by half in ~350 samples)",
+                    c.forgetting,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        if c.save_interval < Duration::from_secs(1) || c.save_interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                "calibration.save_interval",
+                "must be between 1s and 1h",
+            ));
+        }
+        let path = &c.state_path;
+        if path.as_os_str().is_empty() || path.file_name().is_none() || !path.is_absolute() {
+            return Err(invalid(
+                "calibration.state_path",
+                format!("{} is not an absolute file path", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_energy(&self) -> Result<(), ConfigError> {
         let e = &self.energy;
         let max = wattwise_core::energy::MAX_HYSTERESIS_PERCENT;
@@ -391,6 +451,7 @@ bmc:
   sensors: {inlet: "Inlet Temp", cpu0: "CPU1 Temp", power: "Sys Power"}
 cpu: {source: file, file: /run/util, capacity_millicores: 8000}
 model: {path: /m.onnx, idle_watts: 80, peak_watts: 300}
+calibration: {enabled: true, state_path: /var/lib/wattwise/cal.json, forgetting: 0.995, save_interval: 30s}
 energy: {source: {type: power-supply, name: BAT0}, hysteresis_percent: 3, interval: 5s}
 grpc: {listen: "127.0.0.1:9101"}
 scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
@@ -409,6 +470,25 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
             }
         );
         assert_eq!(c.metrics.listen.port(), 9100, "default kept");
+        assert_eq!(c.calibration.forgetting, 0.995);
+        assert_eq!(c.calibration.save_interval, Duration::from_secs(30));
+        assert_eq!(
+            c.calibration.state_path,
+            Path::new("/var/lib/wattwise/cal.json")
+        );
+    }
+
+    #[test]
+    fn calibration_defaults_are_on_and_node_local() {
+        let c = valid_base();
+        assert!(c.calibration.enabled);
+        assert_eq!(
+            c.calibration.state_path,
+            Path::new("/var/lib/wattwise/calibration.json")
+        );
+        assert_eq!(c.calibration.forgetting, 0.998);
+        let err = parse("calibration: {enable: false}\n").unwrap_err();
+        assert!(err.contains("enable"), "{err}");
     }
 
     #[test]
@@ -453,6 +533,26 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
                     c.model.peak_watts = Some(200.0);
                 }),
                 "model.idle_watts",
+            ),
+            (
+                Box::new(|c| c.calibration.forgetting = 1.2),
+                "calibration.forgetting",
+            ),
+            (
+                Box::new(|c| c.calibration.forgetting = f64::NAN),
+                "calibration.forgetting",
+            ),
+            (
+                Box::new(|c| c.calibration.save_interval = Duration::ZERO),
+                "calibration.save_interval",
+            ),
+            (
+                Box::new(|c| c.calibration.state_path = PathBuf::from("calibration.json")),
+                "calibration.state_path",
+            ),
+            (
+                Box::new(|c| c.calibration.state_path = PathBuf::from("/")),
+                "calibration.state_path",
             ),
             (
                 Box::new(|c| c.energy.hysteresis_percent = 9.0),

@@ -1,5 +1,6 @@
 //! wattwise-agent: the node agent (library part; `main.rs` wires it up).
 pub mod api;
+pub mod calibrator;
 pub mod config;
 pub mod model;
 pub mod report;

@@ -28,6 +28,9 @@ struct Cli {
     /// node when each node's BMC address comes from its environment.
     #[arg(long, env = "WATTWISE_BMC_HOST")]
     bmc_host: Option<String>,
+    /// Calibration state file (overrides `calibration.state_path`).
+    #[arg(long, env = "WATTWISE_CALIBRATION_STATE")]
+    calibration_state: Option<PathBuf>,
     /// gRPC listen address (overrides `grpc.listen`).
     #[arg(long, env = "WATTWISE_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
@@ -63,6 +66,9 @@ impl Cli {
         }
         if self.bmc_host.is_some() {
             config.bmc.host = self.bmc_host.clone();
+        }
+        if let Some(path) = self.calibration_state {
+            config.calibration.state_path = path;
         }
         if let Some(addr) = self.grpc_listen {
             config.grpc.listen = addr;
@@ -164,5 +170,32 @@ mod tests {
             .into_config()
             .unwrap();
         assert_eq!(config.bmc.host.as_deref(), Some("10.0.0.7"));
+    }
+
+    #[test]
+    fn the_calibration_state_path_can_come_from_the_environment() {
+        let file = config_file(
+            "node_name: n1\nmodel: {path: /m.onnx}\ncalibration: {state_path: /var/lib/a.json}\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let config = cli(&["--config", path]).into_config().unwrap();
+        assert_eq!(
+            config.calibration.state_path,
+            std::path::Path::new("/var/lib/a.json")
+        );
+        let config = cli(&["--config", path, "--calibration-state", "/tmp/b.json"])
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            config.calibration.state_path,
+            std::path::Path::new("/tmp/b.json")
+        );
+        let err = cli(&["--config", path, "--calibration-state", "relative.json"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("calibration.state_path"),
+            "{err:#}"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
@@ -13,6 +13,7 @@ use wattwise_proto::v1::node_power_server::NodePowerServer;
 
 use crate::api::grpc::NodePowerService;
 use crate::api::metrics::{self, AgentMetrics};
+use crate::calibrator::{Calibrator, Identity};
 use crate::config::{AgentConfig, BmcMode, CpuSource};
 use crate::model::{NodeScale, PowerModel};
 use crate::report::{EnergyReading, Readings, ReportBuilder};
@@ -50,6 +51,12 @@ pub async fn run(
     info!(model = %model_path.display(), name = %model.info().name, version = %model.info().version, "power model loaded");
 
     let metrics = AgentMetrics::new();
+    metrics.set_model(model.info());
+    let calibrator = Calibrator::start(
+        &config.calibration,
+        Identity::of(&node_name, &model),
+        config.bmc.mode != BmcMode::None,
+    );
     let mut cpu = cpu_sensor(&config)?;
     let energy = start_energy(&config, sys_root)?;
     let bmc = match config.bmc.mode {
@@ -80,8 +87,9 @@ pub async fn run(
     info!(node = %node_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-agent serving");
     on_bound(bound);
 
+    let mut builder = ReportBuilder::new(node_name, model, calibrator);
+    let mut saving: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     let report_loop = async {
-        let mut builder = ReportBuilder::new(node_name, model);
         let mut built: u32 = 0;
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,6 +114,11 @@ pub async fn run(
             match builder.build(&readings, SystemTime::now()) {
                 Ok(report) => {
                     metrics.observe_report(&report);
+                    metrics.observe_calibration(
+                        &report,
+                        &builder.calibrator().status(),
+                        builder.uncalibrated_watts(),
+                    );
                     latest_tx.send_replace(Some(Arc::new(report)));
                     metrics.mark_ready();
                     built = built.saturating_add(1);
@@ -115,18 +128,47 @@ pub async fn run(
                 }
                 Err(e) => warn!(error = %e, "cannot build a report"),
             }
+            // The state file is synced to disk: off the async workers, one write at a time.
+            if let Some(done) = saving.take_if(|s| s.is_finished()) {
+                builder.calibrator_mut().saved(joined(done.await));
+            }
+            if saving.is_none() {
+                if let Some(save) = builder.calibrator_mut().due_save(Instant::now()) {
+                    saving = Some(tokio::task::spawn_blocking(move || save.write()));
+                }
+            }
         }
     };
-    tokio::select! {
-        _ = report_loop => {}
-        _ = shutdown => info!("shutting down"),
-        r = grpc => r?.context("gRPC server stopped")?,
-        r = http => r?.context("metrics server stopped")?,
-    }
+    let outcome = tokio::select! {
+        _ = report_loop => Ok(()),
+        _ = shutdown => {
+            info!("shutting down");
+            Ok(())
+        }
+        r = grpc => r.context("gRPC server task failed").and_then(|r| r.context("gRPC server stopped")),
+        r = http => r.context("metrics server task failed").and_then(|r| r.context("metrics server stopped")),
+    };
     if let Some(s) = streamer {
         s.abort();
     }
-    Ok(())
+    // Whatever the fit learnt since the last save is kept, after any save still in flight.
+    if let Some(pending) = saving {
+        builder.calibrator_mut().saved(joined(pending.await));
+    }
+    if let Some(save) = builder.calibrator_mut().final_save() {
+        let path = save.path.clone();
+        match joined(tokio::task::spawn_blocking(move || save.write()).await) {
+            Ok(()) => info!(path = %path.display(), "calibration state saved"),
+            Err(e) => warn!(path = %path.display(), error = %e,
+                "cannot save the calibration state at shutdown; what it learnt since its last save is lost"),
+        }
+    }
+    outcome
+}
+
+/// A state-file write's result, a writer that panicked being an error like any other.
+fn joined(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    result.unwrap_or_else(|e| Err(std::io::Error::other(format!("the writer failed: {e}"))))
 }
 
 /// Reports after which the agent counts as warm: the model is loaded and validated, servers

@@ -71,7 +71,14 @@ impl AgentProcess {
             };
             cmd.arg("--config")
                 .arg(config)
-                .env("RUST_LOG", "info,wattwise_agent=debug");
+                .env("RUST_LOG", "info,wattwise_agent=debug")
+                // The calibration state stays in the agent's own directory, never in the
+                // machine's /var/lib/wattwise; pass WATTWISE_CALIBRATION_STATE in `env` to choose
+                // the file (e.g. to keep it across a restart).
+                .env(
+                    "WATTWISE_CALIBRATION_STATE",
+                    ports.dir.join("calibration.json"),
+                );
             for (k, v) in env {
                 cmd.env(k, v);
             }

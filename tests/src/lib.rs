@@ -9,7 +9,8 @@
 //! - [`receiver`]: a real PowerReports server standing in for a scheduler replica.
 //! - [`reports`]: real gRPC clients streaming node reports to the scheduler.
 //! - [`scheduler`]: the real `wattwise-scheduler` binary against a control plane.
-//! - [`specpower`]: the SPECpower results in data/specpower/.
+//! - [`specpower`]: the SPECpower results in data/specpower/ and models/held_out.csv.
+//! - [`drive`]: a fake node's utilisation file and BMC power, as the demo drives them.
 //! - [`served`]: a wattwise binary with generated config on free ports (agent and scheduler).
 //! - [`bench`]: what the scheduler benchmarks share (release binary, many nodes, /proc figures).
 //! - [`inband`]: the agent in a qemu guest (Debian's kernel, TCG) reading an ipmi_sim BMC in-band
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod bench;
 pub mod bmc;
 pub mod control_plane;
+pub mod drive;
 pub mod grpcurl;
 pub mod inband;
 pub mod node_power;

@@ -453,8 +453,10 @@ async fn two_vendor_layouts_are_mapped_to_roles_with_dcmi_or_sdr_power() {
 async fn a_changed_reading_reaches_grpc_metrics_and_the_model() {
     let mut bmc = Bmc::start(BmcSpec::lenovo_like()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // 2 W per °C of inlet: the temperature visibly moves the curve.
-    let yaml = setup_with_inlet_coeff(dir.path(), "node-t", 0.5, 2.0, &bmc_yaml(&bmc))
+    // 2 W per °C of inlet: the temperature visibly moves the curve. The model's own curve:
+    // calibration would move it toward the BMC's measured watts (agent_calibration.rs tests that).
+    let extra = format!("{}calibration: {{enabled: false}}\n", bmc_yaml(&bmc));
+    let yaml = setup_with_inlet_coeff(dir.path(), "node-t", 0.5, 2.0, &extra)
         .replace("interval: 250ms", "interval: 500ms");
     let agent = AgentProcess::start(&yaml, &[("BMC_PASSWORD", bmc.password())])
         .await

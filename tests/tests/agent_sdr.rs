@@ -154,9 +154,10 @@ async fn a_power_sensor_added_to_the_sdr_at_runtime_fills_the_power_role() {
         !text.contains("wattwise_sensor_role_status{role=\"power\",status=\"missing\"}"),
         "{text}"
     );
-    // Predicted 80 + 200 × 0.5 = 180 W against 214 W measured.
+    // The model predicts 80 + 200 × 0.5 = 180 W against 214 W measured (before calibration,
+    // which the measurement now starts, moves the prediction toward it).
     assert_eq!(
-        sample(&text, "wattwise_model_error_watts"),
+        sample(&text, "wattwise_model_uncalibrated_error_watts"),
         Some(180.0 - 214.0),
         "{text}"
     );

@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 use wattwise_core::{EnergyLevel, ValidatedReport};
 use wattwise_proto::v1 as pb;
 
+use crate::calibrator::{self, Outcome, State};
+use crate::model::ModelInfo;
 use crate::sensors::bmc::{BmcReadings, PowerPath};
 use crate::sensors::roles::Role;
 
@@ -53,6 +55,26 @@ struct AckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    name: String,
+    version: String,
+    output: String,
+    /// `config`, `model_default` (a guessed peak that calibration corrects) or `none` (the model
+    /// outputs watts).
+    peak_source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -68,6 +90,16 @@ pub struct AgentMetrics {
     marginal_watts_per_core: GaugeF,
     /// Label-less family so the series can vanish when there is no measurement.
     model_error_watts: Family<Vec<(String, String)>, GaugeF>,
+    model_uncalibrated_error_watts: Family<Vec<(String, String)>, GaugeF>,
+    model_info: Family<ModelLabels, Gauge>,
+    calibration_state: Family<StateLabel, Gauge>,
+    calibration_gain: GaugeF,
+    calibration_offset_watts: GaugeF,
+    calibration_scale_watts: GaugeF,
+    calibration_uncertainty: GaugeF,
+    calibration_mape_percent: Family<Vec<(String, String)>, GaugeF>,
+    calibration_samples: Counter,
+    calibration_rejected: Family<ReasonLabel, Counter>,
     cpu_utilisation: GaugeF,
     cpu_capacity: Gauge,
     energy_percent: GaugeF,
@@ -97,6 +129,16 @@ impl AgentMetrics {
             predicted_watts: GaugeF::default(),
             marginal_watts_per_core: GaugeF::default(),
             model_error_watts: Family::default(),
+            model_uncalibrated_error_watts: Family::default(),
+            model_info: Family::default(),
+            calibration_state: Family::default(),
+            calibration_gain: GaugeF::default(),
+            calibration_offset_watts: GaugeF::default(),
+            calibration_scale_watts: GaugeF::default(),
+            calibration_uncertainty: GaugeF::default(),
+            calibration_mape_percent: Family::default(),
+            calibration_samples: Counter::default(),
+            calibration_rejected: Family::default(),
             cpu_utilisation: GaugeF::default(),
             cpu_capacity: Gauge::default(),
             energy_percent: GaugeF::default(),
@@ -140,8 +182,58 @@ impl AgentMetrics {
         );
         registry.register(
             "wattwise_model_error_watts",
-            "Predicted minus measured node watts (absent without a measurement)",
+            "Predicted (calibrated) minus measured node watts (absent without a measurement)",
             m.model_error_watts.clone(),
+        );
+        registry.register(
+            "wattwise_model_uncalibrated_error_watts",
+            "The model's own (uncalibrated) prediction minus measured node watts (absent without a measurement)",
+            m.model_uncalibrated_error_watts.clone(),
+        );
+        registry.register(
+            "wattwise_model_info",
+            "1 for the loaded power model; peak_source says where a fraction_of_peak model's peak watts came from",
+            m.model_info.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_state",
+            "1 for the calibration's current state (uncalibrated, calibrating, calibrated), 0 for the others",
+            m.calibration_state.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_gain",
+            "Calibration gain a in measured = a * model + b (1 when uncalibrated)",
+            m.calibration_gain.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_offset_watts",
+            "Calibration offset b in measured = a * model + b, watts (0 when uncalibrated)",
+            m.calibration_offset_watts.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_scale_watts",
+            "The model's uncalibrated full-load prediction S the calibration works in units of (0 without calibration)",
+            m.calibration_scale_watts.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_uncertainty",
+            "trace of the calibration's covariance P (0.34 = nothing learnt; falls as varied load is measured)",
+            m.calibration_uncertainty.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_mape_percent",
+            "Rolling mean absolute percentage error of the calibrated prediction against measured watts (absent until measured)",
+            m.calibration_mape_percent.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_samples",
+            "Measurements this agent process fed to the calibration",
+            m.calibration_samples.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_rejected_samples",
+            "Measurements not fed to the calibration because they were invalid, by reason",
+            m.calibration_rejected.clone(),
         );
         registry.register(
             "wattwise_cpu_utilisation_ratio",
@@ -259,6 +351,68 @@ impl AgentMetrics {
         }
     }
 
+    /// The loaded model (once, at startup).
+    pub fn set_model(&self, info: &ModelInfo) {
+        self.model_info
+            .get_or_create(&ModelLabels {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                output: info.output.to_string(),
+                peak_source: info.peak_watts.map_or("none", |(_, source)| source.label()),
+            })
+            .set(1);
+    }
+
+    /// The calibration after a report: `uncalibrated_watts` is the model's own prediction at the
+    /// report's utilisation.
+    pub fn observe_calibration(
+        &self,
+        report: &ValidatedReport,
+        status: &calibrator::Status,
+        uncalibrated_watts: Option<f64>,
+    ) {
+        for state in State::ALL {
+            self.calibration_state
+                .get_or_create(&StateLabel {
+                    state: state.label(),
+                })
+                .set(i64::from(state == status.state));
+        }
+        self.calibration_gain.set(status.gain);
+        self.calibration_offset_watts.set(status.offset_watts);
+        self.calibration_scale_watts.set(status.scale_watts);
+        self.calibration_uncertainty.set(status.uncertainty);
+        match status.mape_percent {
+            Some(mape) => {
+                self.calibration_mape_percent
+                    .get_or_create(&Vec::new())
+                    .set(mape);
+            }
+            None => self.calibration_mape_percent.clear(),
+        }
+        match status.outcome {
+            Outcome::Accepted => {
+                self.calibration_samples.inc();
+            }
+            Outcome::Rejected(e) => {
+                self.calibration_rejected
+                    .get_or_create(&ReasonLabel {
+                        reason: calibrator::rejection_label(&e),
+                    })
+                    .inc();
+            }
+            Outcome::Skipped => {}
+        }
+        match (measured_watts(report), uncalibrated_watts) {
+            (Some(measured), Some(predicted)) => {
+                self.model_uncalibrated_error_watts
+                    .get_or_create(&Vec::new())
+                    .set(predicted - measured);
+            }
+            _ => self.model_uncalibrated_error_watts.clear(),
+        }
+    }
+
     pub fn observe_report(&self, report: &ValidatedReport) {
         self.reports.inc();
         let predicted = report.predicted_watts();
@@ -268,16 +422,11 @@ impl AgentMetrics {
             .set(per_core.predictions[0].marginal_watts);
         self.cpu_utilisation.set(report.utilisation());
         self.cpu_capacity.set(report.capacity_millicores() as i64);
-        let measured = report
-            .report()
-            .measured
-            .as_ref()
-            .filter(|m| m.source != pb::ReadingSource::None as i32);
-        match measured {
-            Some(m) => {
+        match measured_watts(report) {
+            Some(measured) => {
                 self.model_error_watts
                     .get_or_create(&Vec::new())
-                    .set(predicted - m.watts);
+                    .set(predicted - measured);
             }
             None => self.model_error_watts.clear(),
         }
@@ -309,6 +458,16 @@ impl AgentMetrics {
             })
             .inc();
     }
+}
+
+/// The report's measured watts, when it has a measurement.
+fn measured_watts(report: &ValidatedReport) -> Option<f64> {
+    report
+        .report()
+        .measured
+        .as_ref()
+        .filter(|m| m.source != pb::ReadingSource::None as i32)
+        .map(|m| m.watts)
 }
 
 fn status_name(status: pb::SensorStatus) -> &'static str {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
+use wattwise_core::curve::MAX_NODE_WATTS;
 
 pub const KEY_NAME: &str = "wattwise.name";
 pub const KEY_VERSION: &str = "wattwise.version";
@@ -15,6 +16,7 @@ pub const KEY_INPUTS: &str = "wattwise.inputs";
 pub const KEY_INPUT_RANGES: &str = "wattwise.input_ranges";
 pub const KEY_INPUT_DEFAULTS: &str = "wattwise.input_defaults";
 pub const KEY_OUTPUT: &str = "wattwise.output";
+pub const KEY_DEFAULT_PEAK_WATTS: &str = "wattwise.default_peak_watts";
 
 /// Config keys the overrides are reported under (the agent config embeds [`ModelOverrides`] as
 /// `model.overrides`).
@@ -154,6 +156,9 @@ pub struct Metadata {
     pub training_data: Option<String>,
     pub inputs: Vec<InputSpec>,
     pub output: OutputKind,
+    /// `wattwise.default_peak_watts`: the peak watts a `fraction_of_peak` model assumes when the
+    /// config has none (a typical node of the model's class).
+    pub default_peak_watts: Option<f64>,
 }
 
 impl Metadata {
@@ -188,6 +193,11 @@ impl Metadata {
                     problem: format!("`{other}` is neither `watts` nor `fraction_of_peak`"),
                 })
             }
+        };
+
+        let default_peak_watts = match props.get(KEY_DEFAULT_PEAK_WATTS).map(|v| v.trim()) {
+            None => None,
+            Some(text) => Some(parse_watts(KEY_DEFAULT_PEAK_WATTS, text)?),
         };
 
         let features = match &overrides.inputs {
@@ -256,8 +266,26 @@ impl Metadata {
             training_data,
             inputs,
             output,
+            default_peak_watts,
         })
     }
+}
+
+/// A plausible node wattage written as a decimal number.
+fn parse_watts(key: &'static str, text: &str) -> Result<f64, MetadataError> {
+    let watts: f64 = text.parse().map_err(|_| MetadataError::Invalid {
+        key,
+        problem: format!("`{text}` is not a decimal number of watts"),
+    })?;
+    if !(watts.is_finite() && watts > 0.0 && watts <= MAX_NODE_WATTS) {
+        return Err(MetadataError::Invalid {
+            key,
+            problem: format!(
+                "{text} W is not a plausible node wattage (0 < W <= {MAX_NODE_WATTS})"
+            ),
+        });
+    }
+    Ok(watts)
 }
 
 fn parse_features<'a>(
@@ -339,6 +367,7 @@ mod tests {
             ),
             (KEY_INPUT_DEFAULTS, r#"{"inlet_celsius": 25}"#),
             (KEY_OUTPUT, "fraction_of_peak"),
+            (KEY_DEFAULT_PEAK_WATTS, " 312.5 "),
             ("wattwise.future_key", "ignored"),
         ]
     }
@@ -363,6 +392,7 @@ mod tests {
             Some("https://example.org/specpower")
         );
         assert_eq!(m.output, OutputKind::FractionOfPeak);
+        assert_eq!(m.default_peak_watts, Some(312.5));
         let features: Vec<_> = m.inputs.iter().map(|s| s.feature).collect();
         assert_eq!(
             features,
@@ -424,6 +454,12 @@ mod tests {
             );
         }
         assert!(Metadata::parse(without(KEY_TRAINING_DATA), &none).is_ok());
+        assert_eq!(
+            Metadata::parse(without(KEY_DEFAULT_PEAK_WATTS), &none)
+                .unwrap()
+                .default_peak_watts,
+            None
+        );
         let invalid = [
             (KEY_OUTPUT, "kilowatts"),
             (KEY_NAME, "  "),
@@ -434,6 +470,13 @@ mod tests {
             (KEY_INPUT_RANGES, r#"{"cpu0_celsius": [0, 1]}"#),
             (KEY_INPUT_DEFAULTS, r#"{"inlet_celsius": "warm"}"#),
             (KEY_INPUT_DEFAULTS, r#"{"cpu_utilisation": 0.5}"#),
+            (KEY_DEFAULT_PEAK_WATTS, ""),
+            (KEY_DEFAULT_PEAK_WATTS, "300 W"),
+            (KEY_DEFAULT_PEAK_WATTS, "0"),
+            (KEY_DEFAULT_PEAK_WATTS, "-250"),
+            (KEY_DEFAULT_PEAK_WATTS, "NaN"),
+            (KEY_DEFAULT_PEAK_WATTS, "inf"),
+            (KEY_DEFAULT_PEAK_WATTS, "1e9"),
         ];
         for (key, value) in invalid {
             match Metadata::parse(with(key, value), &none) {

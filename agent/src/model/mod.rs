@@ -29,8 +29,13 @@
 //!     default (it is always measured); a default for `idle_over_peak` is used when the config
 //!     lacks idle or peak watts.
 //!   - `wattwise.output` (required): `watts` (absolute node watts) or `fraction_of_peak`
-//!     (P / P_peak; the agent multiplies by the configured peak watts, and refuses to start
-//!     without one).
+//!     (P / P_peak; the agent multiplies by the configured `model.peak_watts`, else by
+//!     `wattwise.default_peak_watts`, and refuses to start with neither).
+//!   - `wattwise.default_peak_watts` (optional): decimal watts (e.g. `350`), finite, > 0 and at
+//!     most [`MAX_NODE_WATTS`]: the peak of a typical node of the model's class, used by a
+//!     `fraction_of_peak` model when the config has no `model.peak_watts`. Such a scale is a
+//!     guess: the agent warns, exports it ([`PeakSource::ModelDefault`]) and online calibration
+//!     learns the node's own scale from measured watts. Ignored by `watts` models.
 //!   - Other `wattwise.*` keys are ignored, so newer pipelines can add keys without breaking
 //!     older agents.
 //! - Ranges and defaults must only name the model's inputs (anything else is a typo).
@@ -46,7 +51,15 @@
 //! [`wattwise_core::curve::fall_tolerance_watts`] loads with a [`ModelWarning`] (logged and kept
 //! in [`PowerModel::warnings`]): the model may be fine elsewhere, but [`PowerModel::curve`] will
 //! refuse such curves, since the scheduler would.
+//!
+//! # Scale
+//!
+//! [`PowerModel::scale_watts`] (S) is the uncalibrated prediction at full load (utilisation 1)
+//! with every other input at its default (a temperature without default: the middle of its
+//! range, else of the fallback probe temperatures; `idle_over_peak` as resolved from config or
+//! default). The calibration ([`calibration`]) works in units of S.
 
+pub mod calibration;
 mod error;
 mod metadata;
 
@@ -98,6 +111,29 @@ pub struct ModelInfo {
     /// Input columns in order.
     pub features: Vec<Feature>,
     pub output: OutputKind,
+    /// The peak watts a `fraction_of_peak` output is multiplied by, and where it came from.
+    pub peak_watts: Option<PeakWatts>,
+}
+
+/// Peak watts and their source.
+pub type PeakWatts = (f64, PeakSource);
+
+/// Where a `fraction_of_peak` model's peak watts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeakSource {
+    /// `model.peak_watts` in the agent config: the operator's figure for this node.
+    Config,
+    /// The model's `wattwise.default_peak_watts`: a class-typical guess that calibration corrects.
+    ModelDefault,
+}
+
+impl PeakSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            PeakSource::Config => "config",
+            PeakSource::ModelDefault => "model_default",
+        }
+    }
 }
 
 /// A loaded, validated power model. Inference is synchronous and takes a few microseconds; calls
@@ -113,6 +149,8 @@ pub struct PowerModel {
     idle_over_peak: Option<f64>,
     /// Multiplier from model output to watts (1, or peak watts for `fraction_of_peak`).
     output_scale: f64,
+    /// S: the prediction at full load and default inputs (see the module docs).
+    scale_watts: f64,
     session: Mutex<Session>,
     warnings: Vec<ModelWarning>,
 }
@@ -162,7 +200,8 @@ impl PowerModel {
         )
         .map_err(|e| metadata_error(path, e))?;
         let features: Vec<Feature> = metadata.inputs.iter().map(|s| s.feature).collect();
-        let (idle_over_peak, output_scale) = resolve_scale(path, &metadata, scale)?;
+        let (idle_over_peak, peak_watts) = resolve_scale(path, &metadata, scale)?;
+        let output_scale = peak_watts.map_or(1.0, |(watts, _)| watts);
         check_declared_interface(path, graph, features.len())?;
 
         let state = build_session(path, &proto, features.len())?;
@@ -182,11 +221,13 @@ impl PowerModel {
                 training_data: metadata.training_data,
                 features,
                 output: metadata.output,
+                peak_watts,
             },
             inputs: metadata.inputs,
             utilisation_column,
             idle_over_peak,
             output_scale,
+            scale_watts: 0.0,
             session: Mutex::new(Session {
                 state,
                 single: None,
@@ -196,6 +237,11 @@ impl PowerModel {
             warnings: Vec::new(),
         };
         model.warnings = model.probe()?;
+        model.scale_watts = model.predict(&model.reference_conditions())?;
+        if let Some((watts, PeakSource::ModelDefault)) = model.info.peak_watts {
+            warn!(model = %path.display(), peak_watts = watts,
+                "model.peak_watts is not configured: using the model's wattwise.default_peak_watts; uncalibrated scale; calibration will learn it");
+        }
         for w in &model.warnings {
             let ModelWarning::FallsWithLoad {
                 at,
@@ -216,6 +262,12 @@ impl PowerModel {
     /// The model file this was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// S: the uncalibrated prediction at full load and default inputs, in watts (see the module
+    /// docs); the calibration's unit.
+    pub fn scale_watts(&self) -> f64 {
+        self.scale_watts
     }
 
     /// Problems found at load that did not stop the model from loading.
@@ -408,15 +460,7 @@ impl PowerModel {
     /// for curves that fall with load.
     fn probe(&self) -> Result<Vec<ModelWarning>, ModelError> {
         let mut warnings = Vec::new();
-        let sockets = self
-            .inputs
-            .iter()
-            .filter_map(|s| match s.feature {
-                Feature::CpuCelsius(n) => Some(usize::from(n) + 1),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
+        let sockets = self.sockets();
         let mut levels = Vec::with_capacity(3);
         for level in 0..3 {
             let mut conditions = Conditions {
@@ -473,6 +517,43 @@ impl PowerModel {
         Ok(warnings)
     }
 
+    /// Where S is predicted: full load, each temperature at its default, else the middle of its
+    /// range, else the middle fallback temperature.
+    fn reference_conditions(&self) -> Conditions {
+        let mut conditions = Conditions {
+            utilisation: 1.0,
+            inlet_celsius: None,
+            cpu_celsius: vec![None; self.sockets()],
+        };
+        for spec in &self.inputs {
+            let value = match (spec.default, spec.range, spec.feature) {
+                (Some(default), _, _) => default,
+                (None, Some([min, max]), _) => (min + max) / 2.0,
+                (None, None, Feature::InletCelsius) => FALLBACK_INLET_CELSIUS[1],
+                (None, None, Feature::CpuCelsius(_)) => FALLBACK_CPU_CELSIUS[1],
+                (None, None, _) => continue,
+            };
+            match spec.feature {
+                Feature::InletCelsius => conditions.inlet_celsius = Some(value),
+                Feature::CpuCelsius(n) => conditions.cpu_celsius[usize::from(n)] = Some(value),
+                Feature::CpuUtilisation | Feature::IdleOverPeak => {}
+            }
+        }
+        conditions
+    }
+
+    /// Sockets the model has temperature inputs for (highest CPU index + 1).
+    fn sockets(&self) -> usize {
+        self.inputs
+            .iter()
+            .filter_map(|s| match s.feature {
+                Feature::CpuCelsius(n) => Some(usize::from(n) + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     fn tract(&self, stage: &'static str, e: TractError) -> ModelError {
         tract_error(&self.path, stage, e)
     }
@@ -515,12 +596,13 @@ fn metadata_error(path: &Path, e: MetadataError) -> ModelError {
     }
 }
 
-/// The `idle_over_peak` input value and the output multiplier, from config.
+/// The `idle_over_peak` input value, and the peak watts a `fraction_of_peak` output is multiplied
+/// by: from config, else the model's `wattwise.default_peak_watts`.
 fn resolve_scale(
     path: &Path,
     metadata: &Metadata,
     scale: NodeScale,
-) -> Result<(Option<f64>, f64), ModelError> {
+) -> Result<(Option<f64>, Option<PeakWatts>), ModelError> {
     let problem = |problem: String| ModelError::Scale {
         path: path.to_owned(),
         problem,
@@ -533,11 +615,18 @@ fn resolve_scale(
             )));
         }
     }
-    let output_scale = match metadata.output {
-        OutputKind::Watts => 1.0,
-        OutputKind::FractionOfPeak => scale.peak_watts.ok_or_else(|| {
-            problem("outputs fraction_of_peak but model.peak_watts is not configured".into())
-        })?,
+    let peak_watts = match metadata.output {
+        OutputKind::Watts => None,
+        OutputKind::FractionOfPeak => match (scale.peak_watts, metadata.default_peak_watts) {
+            (Some(w), _) => Some((w, PeakSource::Config)),
+            (None, Some(w)) => Some((w, PeakSource::ModelDefault)),
+            (None, None) => {
+                return Err(problem(format!(
+                    "outputs fraction_of_peak but model.peak_watts is not configured and the model has no {}",
+                    metadata::KEY_DEFAULT_PEAK_WATTS
+                )))
+            }
+        },
     };
     let idle_over_peak = match metadata
         .inputs
@@ -555,7 +644,7 @@ fn resolve_scale(
             }
         },
     };
-    Ok((idle_over_peak, output_scale))
+    Ok((idle_over_peak, peak_watts))
 }
 
 /// Checks the graph's declared interface against the contract before tract sees it, so the

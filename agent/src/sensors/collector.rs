@@ -228,9 +228,14 @@ impl Collector {
                 .get_mut(&Role::Power)
                 .expect("use_dcmi_for_power inserted the role");
             match bmc.dcmi_power_reading() {
-                Ok(r) => {
+                Ok(r) if r.active => {
                     power.record(f64::from(r.current_watts), now);
                     self.state.dcmi_up = true;
+                }
+                // The BMC answers, but its numbers mean nothing (often 0 W): not a reading.
+                Ok(_) => {
+                    power.fail("DCMI power measurement is not active".into());
+                    self.state.dcmi_up = false;
                 }
                 Err(e) if e.is_unreachable() => return Err(e),
                 Err(e) => {

@@ -20,6 +20,7 @@ use wattwise_proto::v1::GetReportRequest;
 use wattwise_testenv::agent::{AgentProcess, Launch};
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
+use wattwise_testenv::drive::{set_dcmi_power, set_utilisation, write_atomically};
 use wattwise_testenv::onnx::ModelSpec;
 use wattwise_testenv::process::{require_program, wait_until};
 use wattwise_testenv::scheduler::SchedulerProcess;
@@ -104,12 +105,12 @@ impl DemoNode {
     /// What the BMC and the agent's CPU source show at `utilisation`.
     fn drive(&mut self, utilisation: f64) -> Result<()> {
         let u = utilisation.clamp(0.0, 1.0);
-        write_atomically(&self.cpu_file, &format!("{u:.4}\n"))?;
+        set_utilisation(&self.cpu_file, u)?;
         let watts = self.measured_watts(u);
         let cpu_temp = self.plan.inlet_celsius + 12.0 + 45.0 * u;
         match self.plan.layout {
             Layout::DellLike => {
-                self.bmc.set_dcmi_watts(watts.round())?;
+                set_dcmi_power(&mut self.bmc, watts)?;
                 self.bmc.set_reading("Pwr Consumption", watts)?;
             }
             Layout::LenovoLike => {
@@ -121,13 +122,6 @@ impl DemoNode {
         }
         Ok(())
     }
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// A per-node model for the demo: the node's own SPECpower curve fitted as
@@ -188,7 +182,7 @@ async fn start_node(
         dir.path().join("energy"),
         dir.path().join("model.onnx"),
     );
-    write_atomically(&cpu_file, &format!("{BACKGROUND_UTILISATION}\n"))?;
+    set_utilisation(&cpu_file, BACKGROUND_UTILISATION)?;
     write_atomically(&energy_file, &format!("{}\n", plan.energy_percent))?;
     fitted_model(&server).write(&model_file)?;
     let config = format!(
