@@ -16,21 +16,25 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use wattwise_proto::v1::node_power_client::NodePowerClient;
-use wattwise_proto::v1::GetReportRequest;
+use wattwise_proto::v1::{CalibrationState, GetReportRequest};
 use wattwise_testenv::agent::{AgentProcess, Launch};
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::drive::{set_dcmi_power, set_utilisation, write_atomically};
-use wattwise_testenv::onnx::ModelSpec;
 use wattwise_testenv::process::{require_program, wait_until};
 use wattwise_testenv::scheduler::SchedulerProcess;
 use wattwise_testenv::served::workspace_binary;
-use wattwise_testenv::specpower::{
-    self, SpecServer, REFERENCE_INLET_CELSIUS, WATTS_PER_CELSIUS_FRACTION,
-};
+use wattwise_testenv::specpower::{self, SpecServer};
 
 /// Utilisation of a node with no pods (system daemons).
 const BACKGROUND_UTILISATION: f64 = 0.03;
+/// The agents' read interval: short, so the warm-up gives calibration its samples in seconds.
+const READ_INTERVAL_MS: u64 = 100;
+/// Load levels every node passes through before the workload arrives, as a day of ordinary load
+/// would take it, so each agent has calibrated the generic model against its BMC.
+const WARM_UP_LEVELS: [f64; 3] = [0.2, 0.5, 0.8];
+/// How long each warm-up level is held: 80 readings (calibration counts a level as known after 60).
+const WARM_UP_HOLD: Duration = Duration::from_millis(80 * READ_INTERVAL_MS);
 
 #[derive(Debug, Clone, Copy)]
 enum Layout {
@@ -124,22 +128,10 @@ impl DemoNode {
     }
 }
 
-/// A per-node model for the demo: the node's own SPECpower curve fitted as
-/// `c + a·u + b·u^e + k·(inlet − 23 °C)`. (The generic shipped models of the power-models work
-/// replace this; the agent loads either the same way.)
-fn fitted_model(server: &SpecServer) -> ModelSpec {
-    let fit = server.fit();
-    let k = WATTS_PER_CELSIUS_FRACTION * server.watts_at(0.5);
-    let mut model = ModelSpec::linear(server.watts[0] as f32, server.watts[10] as f32, k as f32);
-    model.name = format!("demo-fit-{}", server.result_id);
-    model.training_data = Some(server.url.clone());
-    model.defaults = vec![("inlet_celsius".into(), REFERENCE_INLET_CELSIUS)];
-    model.formula.bias = (fit.c - REFERENCE_INLET_CELSIUS * k) as f32;
-    model.formula.linear = vec![fit.a as f32, k as f32];
-    model.formula.power_coeff = fit.b as f32;
-    model.formula.power_column = 0;
-    model.formula.exponent = fit.exponent as f32;
-    model
+/// The shipped generic power model (`models/`): every demo node runs it, configured with its
+/// server's published idle and peak watts as an operator would, and calibrates it online.
+fn generic_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/generic.onnx")
 }
 
 async fn start_node(
@@ -177,25 +169,22 @@ async fn start_node(
     let dir = tempfile::Builder::new()
         .prefix("wattwise-demo-node-")
         .tempdir()?;
-    let (cpu_file, energy_file, model_file) = (
-        dir.path().join("cpu"),
-        dir.path().join("energy"),
-        dir.path().join("model.onnx"),
-    );
+    let (cpu_file, energy_file) = (dir.path().join("cpu"), dir.path().join("energy"));
     set_utilisation(&cpu_file, BACKGROUND_UTILISATION)?;
     write_atomically(&energy_file, &format!("{}\n", plan.energy_percent))?;
-    fitted_model(&server).write(&model_file)?;
     let config = format!(
-        "interval: 1s\n\
+        "interval: {READ_INTERVAL_MS}ms\n\
          bmc: {{mode: lan, host: 127.0.0.1, port: {port}, username: {user}, password_env: IPMI_PASSWORD}}\n\
          cpu: {{source: file, file: \"{cpu}\", capacity_millicores: {capacity_millicores}}}\n\
-         model: {{path: \"{model}\"}}\n\
+         model: {{path: \"{model}\", idle_watts: {idle}, peak_watts: {peak}}}\n\
          energy: {{source: {{type: file, path: \"{energy}\"}}, interval: 1s}}\n\
          scheduler: {{endpoints: [\"{scheduler_grpc}\"]}}\n",
         port = bmc.port(),
         user = bmc.username(),
         cpu = cpu_file.display(),
-        model = model_file.display(),
+        model = generic_model().display(),
+        idle = server.watts[0],
+        peak = server.watts[10],
         energy = energy_file.display(),
     );
     let launch = Launch {
@@ -375,6 +364,42 @@ async fn demo() -> Result<()> {
     )
     .await
     .with_context(|| scheduler.log_tail(20))?;
+
+    println!(
+        "\nwarming up: every node runs at {:?} % load for {:?} each, so each agent calibrates the generic model against its BMC …",
+        WARM_UP_LEVELS.map(|u| u * 100.0),
+        WARM_UP_HOLD
+    );
+    for level in WARM_UP_LEVELS.into_iter().chain([BACKGROUND_UTILISATION]) {
+        for node in nodes.iter_mut() {
+            node.drive(level)?;
+        }
+        tokio::time::sleep(WARM_UP_HOLD).await;
+    }
+    for node in &nodes {
+        let name = node.plan.name;
+        wait_until(
+            &format!("{name}'s agent calibrated"),
+            Duration::from_secs(30),
+            || async {
+                let report = agent_report(&node.agent).await?;
+                Ok(report.report().model.as_ref().map(|m| m.calibration)
+                    == Some(CalibrationState::Calibrated as i32))
+            },
+        )
+        .await
+        .with_context(|| node.agent.log_tail(20))?;
+        let report = agent_report(&node.agent).await?;
+        let mape = report
+            .report()
+            .model
+            .as_ref()
+            .and_then(|m| m.calibration_mape_percent);
+        println!(
+            "  {name:7} calibrated: model vs BMC error over the last readings {}",
+            mape.map_or("n/a".into(), |m| format!("{m:.1} %"))
+        );
+    }
 
     println!("\nsubmitting {} …", workload.display());
     let out = Command::new(&kubectl)
