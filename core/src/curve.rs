@@ -1,6 +1,7 @@
 //! Power curves and marginal watts: the one pricing rule shared by agent and scheduler.
 
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -42,10 +43,11 @@ pub enum CurveError {
 /// Node watts over evenly spaced utilisations from 0 to 1 inclusive (point i is at i / (n - 1)).
 ///
 /// Construction validates, so every `PowerCurve` is finite, non-negative, bounded and does not
-/// fall with load beyond [`fall_tolerance_watts`].
+/// fall with load beyond [`fall_tolerance_watts`]. The points are shared: cloning is a reference
+/// count, and a clone reads its points with one pointer hop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PowerCurve {
-    watts: Vec<f64>,
+    watts: Arc<[f64]>,
 }
 
 impl PowerCurve {
@@ -76,7 +78,9 @@ impl PowerCurve {
             }
             previous_max = previous_max.max(w);
         }
-        Ok(Self { watts })
+        Ok(Self {
+            watts: watts.into(),
+        })
     }
 
     /// Samples `watts_at(utilisation)` at `points` evenly spaced utilisations.
@@ -97,7 +101,7 @@ impl PowerCurve {
     }
 
     pub fn into_points(self) -> Vec<f64> {
-        self.watts
+        self.watts.to_vec()
     }
 
     pub fn idle_watts(&self) -> f64 {
@@ -117,7 +121,8 @@ impl PowerCurve {
         };
         let steps = (self.watts.len() - 1) as f64;
         let x = u * steps;
-        let i = (x.floor() as usize).min(self.watts.len() - 2);
+        // x is in 0..=steps, so truncating is flooring (without the libm call).
+        let i = (x as usize).min(self.watts.len() - 2);
         let frac = x - i as f64;
         self.watts[i] + (self.watts[i + 1] - self.watts[i]) * frac
     }

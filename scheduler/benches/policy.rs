@@ -1,19 +1,29 @@
 //! One pod through the full policy (`schedule`) over 500, 5,000 and 15,000 varied nodes, against
 //! the cheapest possible scheduler over the same nodes (cpu + memory fit, most free cpu), so the
 //! cost of filtering kube's way and pricing by power curve reads as a ratio.
+//!
+//! `schedule` reads a [`Snapshot`] of the nodes that the cluster cache keeps up to date, so the
+//! `schedule` figures leave out its upkeep; the `upkeep` group measures that: building a snapshot
+//! (at start-up, after a relist, when it compacts), rewriting one node (each pod or node event and
+//! each pod the scheduler binds) or one node's power (each node whose report changed since the
+//! previous decision), and the cache's `refresh_power` pass that runs before every decision.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use k8s_openapi::api::core::v1::Node;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::json;
 use wattwise_core::{EnergyLevel, PowerCurve};
+use wattwise_proto::v1 as pb;
+use wattwise_scheduler::cluster::cache::{CacheSettings, ClusterCache};
 use wattwise_scheduler::policy::{
     schedule, Filters, HostPort, NodePower, NodeState, PodRequest, Protocol, Resources,
-    ScoreConfig, Taint, TaintEffect, Toleration, TolerationOperator,
+    ScoreConfig, Snapshot, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 
 const GIB: u64 = 1 << 30;
@@ -190,14 +200,17 @@ fn policy(c: &mut Criterion) {
     let mut group = c.benchmark_group("schedule");
     for count in [500, 5_000, 15_000] {
         let nodes = cluster(count, &mut rng);
+        let snapshot = Snapshot::new(&nodes);
         // The cluster must leave the policy real work: most nodes feasible, a decision made.
-        let decision = schedule(&pod, &nodes, &filters, &score).unwrap();
+        let decision = schedule(&pod, &snapshot, &filters, &score).unwrap();
         assert!(decision.feasible > count * 6 / 10, "{}", decision.feasible);
         assert!(most_free_cpu(&pod, &nodes).is_some());
 
-        group.bench_with_input(BenchmarkId::new("wattwise", count), &nodes, |b, nodes| {
-            b.iter(|| schedule(black_box(&pod), black_box(nodes), &filters, &score))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("wattwise", count),
+            &snapshot,
+            |b, nodes| b.iter(|| schedule(black_box(&pod), black_box(nodes), &filters, &score)),
+        );
         group.bench_with_input(
             BenchmarkId::new("baseline_most_free_cpu", count),
             &nodes,
@@ -207,13 +220,115 @@ fn policy(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same nodes in a cluster cache, as watch events and agent reports would leave them: the
+/// Node objects, and a report for each node with a fresh power side (its curve, utilisation and
+/// level). Pods are left out: bench nodes carry their requests directly.
+fn cache_of(nodes: &[NodeState]) -> ClusterCache {
+    let mut cache = ClusterCache::new(CacheSettings {
+        scheduler_name: "wattwise".into(),
+        energy_label: "energy-status".into(),
+        default_cpu_millicores: 100,
+        stale_after: Duration::from_secs(3600),
+        default_curve: Arc::new(PowerCurve::linear(100.0, 300.0).unwrap()),
+    });
+    let now = Instant::now();
+    for node in nodes {
+        let taints: Vec<_> = node
+            .taints
+            .iter()
+            .map(|t| json!({"key": t.key, "value": t.value, "effect": "NoSchedule"}))
+            .collect();
+        let object: Node = serde_json::from_value(json!({
+            "metadata": {"name": node.name, "labels": node.labels},
+            "spec": {"unschedulable": node.unschedulable, "taints": taints},
+            "status": {
+                "allocatable": {
+                    "cpu": format!("{}m", node.allocatable.cpu_millicores),
+                    "memory": node.allocatable.memory_bytes.to_string(),
+                    "pods": node.allocatable.pods.to_string(),
+                },
+                "conditions": [{"type": "Ready", "status": if node.ready { "True" } else { "False" }}]
+            }
+        }))
+        .unwrap();
+        cache.apply_node(&object);
+        if !node.power.fresh {
+            continue;
+        }
+        let report = wattwise_core::validate(pb::NodeReport {
+            node_name: node.name.clone(),
+            agent_instance: "bench".into(),
+            sequence: 1,
+            observed_at: Some(SystemTime::now().into()),
+            cpu: Some(pb::CpuState {
+                capacity_millicores: node.power.capacity_millicores,
+                utilisation: node.power.utilisation,
+            }),
+            curve: Some(pb::PowerCurve {
+                watts: node.power.curve.points().to_vec(),
+            }),
+            model: Some(pb::ModelInfo {
+                name: "bench".into(),
+                calibration: pb::CalibrationState::Uncalibrated as i32,
+                ..Default::default()
+            }),
+            energy: node.energy.map(|level| pb::EnergyState {
+                level: level.to_proto() as i32,
+                percent: level.range().0,
+                source: "bench".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        cache.ingest_report(&report, now).unwrap();
+    }
+    cache
+}
+
+fn upkeep(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut group = c.benchmark_group("upkeep");
+    let mut nodes = Vec::new();
+    for count in [500, 5_000, 15_000] {
+        nodes = cluster(count, &mut rng);
+        group.bench_with_input(
+            BenchmarkId::new("snapshot_build", count),
+            &nodes,
+            |b, nodes| b.iter(|| Snapshot::new(black_box(nodes))),
+        );
+        let mut cache = cache_of(&nodes);
+        // The first pass takes in the reports; later ones find nothing changed, as between two
+        // decisions with no new report (each changed node adds one `snapshot_set_power`).
+        cache.refresh_power(Instant::now());
+        group.bench_function(BenchmarkId::new("refresh_power", count), |b| {
+            b.iter(|| cache.refresh_power(black_box(Instant::now())))
+        });
+    }
+
+    let mut snapshot = Snapshot::new(&nodes);
+    let mut next = (0..nodes.len()).cycle();
+    group.bench_function("snapshot_set_node", |b| {
+        b.iter(|| {
+            let i = next.next().unwrap();
+            snapshot.set(i, black_box(&nodes[i]));
+        })
+    });
+    group.bench_function("snapshot_set_power", |b| {
+        b.iter(|| {
+            let i = next.next().unwrap();
+            snapshot.set_power(i, black_box(&nodes[i].power), nodes[i].energy);
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
-    // Modest samples: the whole run stays around a minute on two cores.
+    // Modest samples: the whole run stays around two minutes on two cores.
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = policy
+    targets = policy, upkeep
 }
 criterion_main!(benches);

@@ -73,7 +73,7 @@ impl DecisionLoop {
         let summary = cache.refresh_power(now);
         self.metrics.nodes(summary.nodes, summary.stale_nodes);
         let started = Instant::now();
-        let result = policy::schedule(&pod, cache.nodes(), &self.filters, &self.score);
+        let result = policy::schedule(&pod, cache.snapshot(), &self.filters, &self.score);
         self.metrics.decision(started.elapsed().as_secs_f64());
         match result {
             Ok(decision) => {

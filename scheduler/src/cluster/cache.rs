@@ -14,7 +14,7 @@ use tracing::warn;
 use wattwise_core::{EnergyLevel, PowerCurve, ValidatedReport};
 
 use super::convert::{self, NodeBasics};
-use crate::policy::{HostPort, NodePower, NodeState, PodRequest, Resources};
+use crate::policy::{HostPort, NodePower, NodeState, PodRequest, Resources, Snapshot};
 
 /// `namespace/name`.
 pub type PodKey = String;
@@ -71,8 +71,10 @@ pub enum PodChange {
 
 #[derive(Debug, Clone)]
 struct LatestReport {
-    received_at: Instant,
-    /// When the agent read its inputs, in this process' clock (never after `received_at`).
+    /// When the report stops being fresh: received plus `stale_after` (`None`: never, the sum
+    /// being past what an `Instant` holds).
+    fresh_until: Option<Instant>,
+    /// When the agent read its inputs, in this process' clock (never after the report arrived).
     observed_at: Instant,
     instance: String,
     sequence: u64,
@@ -109,6 +111,9 @@ struct PodEntry {
 pub struct ClusterCache {
     settings: CacheSettings,
     nodes: Vec<NodeState>,
+    /// `nodes` as the policy scans them, row for row; updated with every change to `nodes`, so
+    /// that no decision builds one.
+    snapshot: Snapshot,
     tracks: Vec<PowerTrack>,
     node_index: HashMap<String, usize>,
     /// Keyed by node name, also for nodes not (yet) seen: pods may arrive first.
@@ -132,6 +137,7 @@ impl ClusterCache {
         Self {
             settings,
             nodes: Vec::new(),
+            snapshot: Snapshot::default(),
             tracks: Vec::new(),
             node_index: HashMap::new(),
             usage: HashMap::new(),
@@ -148,6 +154,12 @@ impl ClusterCache {
 
     pub fn nodes(&self) -> &[NodeState] {
         &self.nodes
+    }
+
+    /// [`ClusterCache::nodes`] for [`crate::policy::schedule`]: a decision's index into it is
+    /// also an index into `nodes()`.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeState> {
@@ -205,6 +217,7 @@ impl ClusterCache {
                 n.taints = taints;
                 n.allocatable = allocatable;
                 self.tracks[i].label_energy = label_energy;
+                self.sync_snapshot(i);
             }
             None => {
                 let usage = self.usage.get(&basics.name).cloned().unwrap_or_default();
@@ -227,6 +240,7 @@ impl ClusterCache {
                     label_energy,
                     ..Default::default()
                 });
+                self.sync_snapshot(self.nodes.len() - 1);
             }
         }
     }
@@ -236,9 +250,27 @@ impl ClusterCache {
             return;
         };
         self.nodes.swap_remove(i);
+        self.snapshot.swap_remove(i);
         self.tracks.swap_remove(i);
         if let Some(moved) = self.nodes.get(i) {
             self.node_index.insert(moved.name.clone(), i);
+        }
+        self.rebuild_snapshot_if_wasteful();
+    }
+
+    /// Brings the snapshot's row `i` in line with `nodes[i]` (appending it for a new node).
+    fn sync_snapshot(&mut self, i: usize) {
+        if i == self.snapshot.len() {
+            self.snapshot.push(&self.nodes[i]);
+        } else {
+            self.snapshot.set(i, &self.nodes[i]);
+        }
+        self.rebuild_snapshot_if_wasteful();
+    }
+
+    fn rebuild_snapshot_if_wasteful(&mut self) {
+        if self.snapshot.wasteful() {
+            self.snapshot = Snapshot::new(&self.nodes);
         }
     }
 
@@ -429,6 +461,7 @@ impl ClusterCache {
             let usage = self.usage.get(node).cloned().unwrap_or_default();
             self.nodes[i].requested = usage.requested;
             self.nodes[i].used_host_ports = usage.host_ports;
+            self.sync_snapshot(i);
         }
     }
 
@@ -468,7 +501,7 @@ impl ClusterCache {
             track.bound_log.pop_front();
         }
         track.report = Some(LatestReport {
-            received_at: now,
+            fresh_until: now.checked_add(self.settings.stale_after),
             observed_at,
             instance,
             sequence: report.sequence(),
@@ -481,63 +514,72 @@ impl ClusterCache {
     }
 
     fn default_power(&self, requested: &Resources, allocatable: &Resources) -> NodePower {
-        let capacity = allocatable.cpu_millicores;
         NodePower {
             curve: self.settings.default_curve.clone(),
-            utilisation: if capacity == 0 {
-                1.0
-            } else {
-                (requested.cpu_millicores as f64 / capacity as f64).min(1.0)
-            },
-            capacity_millicores: capacity,
+            utilisation: requested_utilisation(requested, allocatable),
+            capacity_millicores: allocatable.cpu_millicores,
             bound_since_report_millicores: 0,
             fresh: false,
         }
     }
 
     /// Brings every node's power and energy up to `now` (freshness, pods bound since its report).
-    /// Called before each decision; O(nodes), no allocation.
+    /// Called before each decision; O(nodes) without allocation, and only nodes whose power
+    /// changed are written (and mirrored into the snapshot).
     pub fn refresh_power(&mut self, now: Instant) -> PowerSummary {
-        let stale_after = self.settings.stale_after;
         let mut summary = PowerSummary {
             nodes: self.nodes.len(),
             stale_nodes: 0,
         };
-        for i in 0..self.nodes.len() {
-            let track = &self.tracks[i];
+        for (i, (n, track)) in self.nodes.iter_mut().zip(&self.tracks).enumerate() {
             let fresh = track
                 .report
                 .as_ref()
-                .filter(|r| now.saturating_duration_since(r.received_at) <= stale_after);
-            let power = match fresh {
-                Some(r) => {
-                    let since: u64 = track
-                        .bound_log
-                        .iter()
-                        .filter(|&&(t, _)| t > r.observed_at)
-                        .map(|&(_, cpu)| cpu)
-                        .sum();
-                    NodePower {
-                        curve: r.curve.clone(),
-                        utilisation: r.utilisation,
-                        capacity_millicores: r.capacity_millicores,
-                        bound_since_report_millicores: since,
-                        fresh: true,
+                .filter(|r| r.fresh_until.is_none_or(|until| now <= until));
+            let (curve, utilisation, capacity_millicores, bound_since_report_millicores) =
+                match fresh {
+                    Some(r) => {
+                        let since: u64 = track
+                            .bound_log
+                            .iter()
+                            .filter(|&&(t, _)| t > r.observed_at)
+                            .map(|&(_, cpu)| cpu)
+                            .sum();
+                        (&r.curve, r.utilisation, r.capacity_millicores, since)
                     }
-                }
-                None => {
-                    summary.stale_nodes += 1;
-                    let n = &self.nodes[i];
-                    self.default_power(&n.requested, &n.allocatable)
-                }
-            };
+                    None => {
+                        summary.stale_nodes += 1;
+                        (
+                            &self.settings.default_curve,
+                            requested_utilisation(&n.requested, &n.allocatable),
+                            n.allocatable.cpu_millicores,
+                            0,
+                        )
+                    }
+                };
             let energy = fresh
                 .and_then(|r| r.energy)
                 .or(track.label_energy)
                 .or_else(|| track.report.as_ref().and_then(|r| r.energy));
-            let n = &mut self.nodes[i];
-            n.power = power;
+            let old = &n.power;
+            let unchanged = Arc::ptr_eq(&old.curve, curve)
+                && old.utilisation == utilisation
+                && old.capacity_millicores == capacity_millicores
+                && old.bound_since_report_millicores == bound_since_report_millicores
+                && old.fresh == fresh.is_some()
+                && n.energy == energy;
+            if unchanged {
+                continue;
+            }
+            n.power = NodePower {
+                curve: curve.clone(),
+                utilisation,
+                capacity_millicores,
+                bound_since_report_millicores,
+                fresh: fresh.is_some(),
+            };
             n.energy = energy;
+            self.snapshot.set_power(i, &n.power, energy);
         }
         summary
     }
@@ -545,6 +587,17 @@ impl ClusterCache {
     /// Nodes whose agent has reported at least once.
     pub fn reporting_nodes(&self) -> usize {
         self.tracks.iter().filter(|t| t.report.is_some()).count()
+    }
+}
+
+/// The utilisation a node without a fresh report is priced at: its requested CPU over
+/// allocatable.
+fn requested_utilisation(requested: &Resources, allocatable: &Resources) -> f64 {
+    let capacity = allocatable.cpu_millicores;
+    if capacity == 0 {
+        1.0
+    } else {
+        (requested.cpu_millicores as f64 / capacity as f64).min(1.0)
     }
 }
 
@@ -773,5 +826,131 @@ mod tests {
         c.begin_pod_relist();
         assert_eq!(c.end_pod_relist(), vec!["ns/a".to_string()]);
         assert_eq!(c.node("n2").unwrap().requested, Resources::default());
+    }
+
+    /// Pods that exercise every filter and both scoring classes.
+    fn probes() -> Vec<PodRequest> {
+        use crate::policy::{Toleration, TolerationOperator};
+        let base = PodRequest {
+            namespace: "ns".into(),
+            name: "probe".into(),
+            uid: "probe".into(),
+            priority: 0,
+            requests: Resources {
+                cpu_millicores: 500,
+                pods: 1,
+                ..Default::default()
+            },
+            pricing_cpu_millicores: 500,
+            node_selector: Default::default(),
+            required_node_affinity: vec![],
+            tolerations: vec![],
+            host_ports: vec![],
+        };
+        let mut in_zone = base.clone();
+        in_zone.node_selector.insert("zone".into(), "a".into());
+        let mut tolerant = base.clone();
+        tolerant.tolerations = vec![Toleration {
+            key: String::new(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: None,
+        }];
+        let mut big = base.clone();
+        big.requests.cpu_millicores = 2_000;
+        let mut huge = base.clone();
+        huge.requests.cpu_millicores = 64_000;
+        vec![base, in_zone, tolerant, big, huge]
+    }
+
+    /// The snapshot the cache keeps decides and explains exactly as one built afresh from its
+    /// nodes.
+    fn assert_snapshot_in_step(c: &ClusterCache) {
+        use crate::policy::{schedule, Filters, PolicyKind, ScoreConfig};
+        let rebuilt = Snapshot::new(c.nodes());
+        assert_eq!(c.snapshot().len(), c.nodes().len());
+        for (i, n) in c.nodes().iter().enumerate() {
+            assert_eq!(c.snapshot().name(i), n.name);
+        }
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let weighted = ScoreConfig {
+            kind: PolicyKind::Weighted {
+                energy: 1.0,
+                power: 1.0,
+            },
+            ..ScoreConfig::default()
+        };
+        for score in [ScoreConfig::default(), weighted] {
+            for pod in probes() {
+                assert_eq!(
+                    schedule(&pod, c.snapshot(), &filters, &score),
+                    schedule(&pod, &rebuilt, &filters, &score),
+                    "{pod:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_snapshot_follows_nodes_pods_reports_and_deletions() {
+        let mut c = ClusterCache::new(settings());
+        let t0 = Instant::now();
+        for (name, zone) in [("n1", "a"), ("n2", "b"), ("n3", "a"), ("n4", "a")] {
+            c.apply_node(&node(name, "4", json!({"zone": zone})));
+        }
+        c.refresh_power(t0);
+        assert_snapshot_in_step(&c);
+
+        let cordoned_and_tainted: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a", "energy-status": "powerless"}},
+            "spec": {
+                "unschedulable": true,
+                "taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]
+            },
+            "status": {
+                "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "False"}]
+            }
+        }))
+        .unwrap();
+        c.apply_node(&cordoned_and_tainted);
+        c.refresh_power(t0);
+        assert_snapshot_in_step(&c);
+
+        c.apply_pod(&pod("a", Some("3"), Some("n3"), "x"));
+        c.ingest_report(
+            &report("n4", 1, 0.9, Some(pb::EnergyLevel::WellPowered)),
+            t0,
+        )
+        .unwrap();
+        c.ingest_report(&report("n2", 1, 0.1, None), t0).unwrap();
+        c.refresh_power(t0 + Duration::from_secs(1));
+        assert_snapshot_in_step(&c);
+
+        c.apply_pod(&pod("w", Some("1"), None, "wattwise"));
+        let req = c.pending("ns/w").unwrap();
+        c.assume("ns/w", &req, "n2", t0 + Duration::from_secs(1));
+        c.refresh_power(t0 + Duration::from_secs(2));
+        assert_snapshot_in_step(&c);
+
+        // n1 leaves: n4 takes its place.
+        c.delete_node("n1");
+        c.refresh_power(t0 + Duration::from_secs(2));
+        assert_snapshot_in_step(&c);
+
+        // Reports go stale.
+        c.refresh_power(t0 + Duration::from_secs(60));
+        assert_snapshot_in_step(&c);
+
+        // A label that changes with every update leaves garbage until the snapshot is rebuilt.
+        for i in 0..3000 {
+            c.apply_node(&node(
+                "n3",
+                "4",
+                json!({"zone": "a", "build": i.to_string()}),
+            ));
+        }
+        assert_snapshot_in_step(&c);
+        assert!(!c.snapshot().wasteful());
     }
 }

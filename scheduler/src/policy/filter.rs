@@ -2,12 +2,21 @@
 //!
 //! Rules and reason texts follow kube-scheduler's plugins of the same concern, so an operator
 //! reading `FailedScheduling` events sees familiar wording.
+//!
+//! A unit runs over a [`Snapshot`] of the cluster, not node by node: it first works out what
+//! depends only on the pod (its label strings as the snapshot's ids, which of the cluster's taints
+//! it tolerates), then tests each node still in the [`Scan`] with a few integer compares; units
+//! about conditions few nodes are in (cordoned, not ready, tainted, short of energy) visit only
+//! the snapshot's set of such nodes. Each node is rejected by the first unit of the chain that
+//! rejects it, as if the chain ran node by node. [`Filter::check`] applies a unit to one plain
+//! [`NodeState`].
 
 use std::borrow::Cow;
 use std::fmt;
 
 use wattwise_core::EnergyLevel;
 
+use super::snapshot::{Node, NodeSet, Snapshot, Sym};
 use super::types::{
     HostPort, NodeSelectorTerm, NodeState, PodRequest, SelectorOperator, SelectorRequirement,
     TaintEffect, Toleration, TolerationOperator,
@@ -20,28 +29,43 @@ pub const TAINT_NODE_UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 pub trait Filter {
     /// Stable name for logs and metrics (kube's plugin name where one exists).
     fn name(&self) -> &'static str;
-    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason>;
+
+    /// Drops from `scan` the nodes this unit rejects for `pod`.
+    fn filter<'a>(&self, pod: &'a PodRequest, scan: &mut Scan<'a>);
+
+    /// This unit's verdict on one plain node, through a one-node snapshot: for tests and for
+    /// reading, not for scanning a cluster.
+    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason<'static>> {
+        let nodes = Snapshot::new(std::slice::from_ref(node));
+        let mut scan = Scan::new(&nodes, true);
+        self.filter(pod, &mut scan);
+        match scan.into_rejected().pop() {
+            Some((reason, _)) => Err(reason.into_owned()),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Why a node cannot take a pod.
+/// Why a node cannot take a pod. Strings borrow from the pod or the snapshot while scanning, so
+/// rejecting a node allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FilterReason {
+pub enum FilterReason<'a> {
     Unschedulable,
     NotReady,
     UntoleratedTaint {
-        key: String,
-        value: String,
+        key: Cow<'a, str>,
+        value: Cow<'a, str>,
     },
     NodeAffinity,
     /// Names the resource: `cpu`, `memory`, `ephemeral-storage` or an extended resource.
-    Insufficient(Cow<'static, str>),
+    Insufficient(Cow<'a, str>),
     TooManyPods,
     HostPortConflict,
     /// The node's energy level, below the configured floor.
     Energy(EnergyLevel),
 }
 
-impl FilterReason {
+impl FilterReason<'_> {
     /// kube-scheduler's phrasing; pods' unschedulable messages count nodes by this text, so it
     /// carries no per-node detail except a taint's key and value (as kube's does).
     pub fn summary(&self) -> Cow<'static, str> {
@@ -62,11 +86,103 @@ impl FilterReason {
             FilterReason::Energy(level) => format!("node(s) were {}", level.label()).into(),
         }
     }
+
+    pub fn into_owned(self) -> FilterReason<'static> {
+        let owned = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+        match self {
+            FilterReason::Unschedulable => FilterReason::Unschedulable,
+            FilterReason::NotReady => FilterReason::NotReady,
+            FilterReason::UntoleratedTaint { key, value } => FilterReason::UntoleratedTaint {
+                key: owned(key),
+                value: owned(value),
+            },
+            FilterReason::NodeAffinity => FilterReason::NodeAffinity,
+            FilterReason::Insufficient(resource) => FilterReason::Insufficient(owned(resource)),
+            FilterReason::TooManyPods => FilterReason::TooManyPods,
+            FilterReason::HostPortConflict => FilterReason::HostPortConflict,
+            FilterReason::Energy(level) => FilterReason::Energy(level),
+        }
+    }
 }
 
-impl fmt::Display for FilterReason {
+impl fmt::Display for FilterReason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.summary())
+    }
+}
+
+/// The filter chain's working set over a snapshot: the nodes no unit has rejected yet and, when
+/// explaining, how many of the others each reason rejected.
+pub struct Scan<'a> {
+    nodes: &'a Snapshot,
+    feasible: NodeSet,
+    /// `None` unless explaining: the common case (some node fits) counts nothing.
+    rejected: Option<Vec<(FilterReason<'a>, usize)>>,
+}
+
+impl<'a> Scan<'a> {
+    /// Every node of `nodes`, none rejected yet.
+    pub(crate) fn new(nodes: &'a Snapshot, explain: bool) -> Self {
+        Self {
+            nodes,
+            feasible: NodeSet::full(nodes.len()),
+            rejected: explain.then(Vec::new),
+        }
+    }
+
+    pub(crate) fn nodes(&self) -> &'a Snapshot {
+        self.nodes
+    }
+
+    pub(crate) fn feasible(&self) -> &NodeSet {
+        &self.feasible
+    }
+
+    /// Keeps the nodes `test` passes.
+    pub(crate) fn retain(&mut self, test: impl FnMut(Node<'a>) -> Result<(), FilterReason<'a>>) {
+        self.retain_among(None, test);
+    }
+
+    /// Keeps the nodes `test` passes, testing only those in `among` (when given): the others pass.
+    pub(crate) fn retain_among(
+        &mut self,
+        among: Option<&NodeSet>,
+        mut test: impl FnMut(Node<'a>) -> Result<(), FilterReason<'a>>,
+    ) {
+        for w in 0..self.feasible.word_count() {
+            let mut bits = self.feasible.word(w) & among.map_or(u64::MAX, |among| among.word(w));
+            while bits != 0 {
+                let index = 64 * w + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Err(reason) = test(self.nodes.node(index)) {
+                    self.feasible.set(index, false);
+                    self.count(reason, 1);
+                }
+            }
+        }
+    }
+
+    /// Rejects every node in `nodes` for `reason`, at a cost per 64 nodes rather than per node.
+    pub(crate) fn reject(&mut self, nodes: &NodeSet, reason: FilterReason<'a>) {
+        let kept = self.feasible.and_not(nodes);
+        let rejected = self.feasible.len() - kept.len();
+        self.feasible = kept;
+        self.count(reason, rejected);
+    }
+
+    fn count(&mut self, reason: FilterReason<'a>, nodes: usize) {
+        let Some(rejected) = self.rejected.as_mut().filter(|_| nodes > 0) else {
+            return;
+        };
+        match rejected.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += nodes,
+            None => rejected.push((reason, nodes)),
+        }
+    }
+
+    /// Rejected nodes per reason (empty unless explaining).
+    pub(crate) fn into_rejected(self) -> Vec<(FilterReason<'a>, usize)> {
+        self.rejected.unwrap_or_default()
     }
 }
 
@@ -98,18 +214,16 @@ impl Filter for NodeUnschedulable {
         "NodeUnschedulable"
     }
 
-    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        if node.unschedulable
-            && !any_tolerates(
-                &pod.tolerations,
-                TAINT_NODE_UNSCHEDULABLE,
-                "",
-                TaintEffect::NoSchedule,
-            )
-        {
-            return Err(FilterReason::Unschedulable);
+    fn filter<'a>(&self, pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        let tolerated = any_tolerates(
+            &pod.tolerations,
+            TAINT_NODE_UNSCHEDULABLE,
+            "",
+            TaintEffect::NoSchedule,
+        );
+        if !tolerated {
+            scan.reject(scan.nodes().cordoned(), FilterReason::Unschedulable);
         }
-        Ok(())
     }
 }
 
@@ -121,12 +235,8 @@ impl Filter for NodeReady {
         "NodeReady"
     }
 
-    fn check(&self, _pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        if node.ready {
-            Ok(())
-        } else {
-            Err(FilterReason::NotReady)
-        }
+    fn filter<'a>(&self, _pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        scan.reject(scan.nodes().not_ready(), FilterReason::NotReady);
     }
 }
 
@@ -140,18 +250,31 @@ impl Filter for TaintToleration {
         "TaintToleration"
     }
 
-    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        let untolerated = node.taints.iter().find(|taint| {
-            taint.effect != TaintEffect::PreferNoSchedule
-                && !any_tolerates(&pod.tolerations, &taint.key, &taint.value, taint.effect)
-        });
-        match untolerated {
-            Some(taint) => Err(FilterReason::UntoleratedTaint {
-                key: taint.key.clone(),
-                value: taint.value.clone(),
-            }),
-            None => Ok(()),
+    fn filter<'a>(&self, pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        // Decided once per distinct taint in the cluster, then looked up per node.
+        let taints = scan.nodes().taint_table();
+        let repels: Vec<bool> = taints
+            .iter()
+            .map(|taint| {
+                taint.effect != TaintEffect::PreferNoSchedule
+                    && !any_tolerates(&pod.tolerations, &taint.key, &taint.value, taint.effect)
+            })
+            .collect();
+        if !repels.contains(&true) {
+            return;
         }
+        scan.retain_among(Some(scan.nodes().tainted()), |node| {
+            match node.taints().iter().find(|&&id| repels[id as usize]) {
+                Some(&id) => {
+                    let taint = &taints[id as usize];
+                    Err(FilterReason::UntoleratedTaint {
+                        key: Cow::Borrowed(&taint.key),
+                        value: Cow::Borrowed(&taint.value),
+                    })
+                }
+                None => Ok(()),
+            }
+        });
     }
 }
 
@@ -164,50 +287,110 @@ impl Filter for NodeAffinity {
         "NodeAffinity"
     }
 
-    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        let selector = pod
+    fn filter<'a>(&self, pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        if pod.node_selector.is_empty() && pod.required_node_affinity.is_empty() {
+            return;
+        }
+        let nodes = scan.nodes();
+        let selector: Vec<(Sym, Sym)> = pod
             .node_selector
             .iter()
-            .all(|(key, value)| node.labels.get(key) == Some(value));
-        let affinity = pod.required_node_affinity.is_empty()
-            || pod
-                .required_node_affinity
+            .map(|(key, value)| (nodes.symbol(key), nodes.symbol(value)))
+            .collect();
+        // Terms that can select no node are left out; "no terms" still means "no requirement".
+        let any_term = pod.required_node_affinity.is_empty();
+        let terms: Vec<Term> = pod
+            .required_node_affinity
+            .iter()
+            .filter_map(|term| Term::resolve(term, nodes))
+            .collect();
+        scan.retain(|node| {
+            let selector = selector
                 .iter()
-                .any(|term| term_matches(term, node));
-        if selector && affinity {
-            Ok(())
-        } else {
-            Err(FilterReason::NodeAffinity)
+                .all(|&(key, value)| node.label(key) == Some(value));
+            let affinity = any_term || terms.iter().any(|term| term.matches(node, nodes));
+            if selector && affinity {
+                Ok(())
+            } else {
+                Err(FilterReason::NodeAffinity)
+            }
+        });
+    }
+}
+
+/// A NodeSelectorTerm with its strings as a snapshot's ids.
+struct Term {
+    expressions: Vec<Requirement>,
+    fields: Vec<Requirement>,
+}
+
+/// A SelectorRequirement with its key and values as a snapshot's ids (a string no node carries
+/// becomes an id no node has).
+struct Requirement {
+    key: Sym,
+    operator: SelectorOperator,
+    values: Vec<Sym>,
+    /// `Gt`/`Lt`: the one value, parsed; `None` when there is not exactly one or it is no integer.
+    bound: Option<i64>,
+}
+
+impl Term {
+    /// `None` for a term that selects no node. kube: a term without requirements selects no
+    /// node, rather than every node; and `matchFields` allows only `metadata.name`.
+    fn resolve(term: &NodeSelectorTerm, nodes: &Snapshot) -> Option<Self> {
+        let empty = term.match_expressions.is_empty() && term.match_fields.is_empty();
+        if empty || term.match_fields.iter().any(|r| r.key != "metadata.name") {
+            return None;
+        }
+        let resolve = |requirements: &[SelectorRequirement]| {
+            requirements
+                .iter()
+                .map(|r| Requirement::resolve(r, nodes))
+                .collect()
+        };
+        Some(Self {
+            expressions: resolve(&term.match_expressions),
+            fields: resolve(&term.match_fields),
+        })
+    }
+
+    fn matches(&self, node: Node, nodes: &Snapshot) -> bool {
+        self.expressions
+            .iter()
+            .all(|requirement| label_matches(requirement, node.label(requirement.key), nodes))
+            && self
+                .fields
+                .iter()
+                .all(|requirement| name_matches(requirement, node.name()))
+    }
+}
+
+impl Requirement {
+    fn resolve(requirement: &SelectorRequirement, nodes: &Snapshot) -> Self {
+        Self {
+            key: nodes.symbol(&requirement.key),
+            operator: requirement.operator,
+            values: requirement.values.iter().map(|v| nodes.symbol(v)).collect(),
+            bound: match requirement.values.as_slice() {
+                [bound] => bound.parse().ok(),
+                _ => None,
+            },
         }
     }
 }
 
-fn term_matches(term: &NodeSelectorTerm, node: &NodeState) -> bool {
-    // kube: a term without requirements selects no node, rather than every node.
-    if term.match_expressions.is_empty() && term.match_fields.is_empty() {
-        return false;
-    }
-    term.match_expressions
-        .iter()
-        .all(|requirement| label_matches(requirement, node))
-        && term
-            .match_fields
-            .iter()
-            .all(|requirement| field_matches(requirement, node))
-}
-
-fn label_matches(requirement: &SelectorRequirement, node: &NodeState) -> bool {
-    let label = node.labels.get(&requirement.key);
+/// `label`: the node's value for the requirement's key, if it has the label.
+fn label_matches(requirement: &Requirement, label: Option<Sym>, nodes: &Snapshot) -> bool {
     match requirement.operator {
-        SelectorOperator::In => label.is_some_and(|v| requirement.values.contains(v)),
-        SelectorOperator::NotIn => label.is_none_or(|v| !requirement.values.contains(v)),
+        SelectorOperator::In => label.is_some_and(|v| requirement.values.contains(&v)),
+        SelectorOperator::NotIn => label.is_none_or(|v| !requirement.values.contains(&v)),
         SelectorOperator::Exists => label.is_some(),
         SelectorOperator::DoesNotExist => label.is_none(),
         SelectorOperator::Gt | SelectorOperator::Lt => {
-            let (Some(label), [bound]) = (label, requirement.values.as_slice()) else {
+            let (Some(label), Some(bound)) = (label, requirement.bound) else {
                 return false;
             };
-            let (Ok(label), Ok(bound)) = (label.parse::<i64>(), bound.parse::<i64>()) else {
+            let Ok(label) = nodes.resolve(label).parse::<i64>() else {
                 return false;
             };
             if requirement.operator == SelectorOperator::Gt {
@@ -219,13 +402,10 @@ fn label_matches(requirement: &SelectorRequirement, node: &NodeState) -> bool {
     }
 }
 
-/// kube allows only `metadata.name` with `In` or `NotIn` in `matchFields`; anything else matches
+/// A `metadata.name` field requirement: kube allows only `In` and `NotIn`; anything else matches
 /// nothing.
-fn field_matches(requirement: &SelectorRequirement, node: &NodeState) -> bool {
-    if requirement.key != "metadata.name" {
-        return false;
-    }
-    let listed = requirement.values.contains(&node.name);
+fn name_matches(requirement: &Requirement, name: Sym) -> bool {
+    let listed = requirement.values.contains(&name);
     match requirement.operator {
         SelectorOperator::In => listed,
         SelectorOperator::NotIn => !listed,
@@ -243,43 +423,52 @@ impl Filter for ResourcesFit {
         "NodeResourcesFit"
     }
 
-    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        let (want, used, have) = (&pod.requests, &node.requested, &node.allocatable);
-        if used.pods.saturating_add(1) > have.pods {
-            return Err(FilterReason::TooManyPods);
-        }
-        for (resource, want, used, have) in [
-            (
+    fn filter<'a>(&self, pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        let want = &pod.requests;
+        let nodes = scan.nodes();
+        let extended: Vec<(&'a str, Sym, u64)> = want
+            .extended
+            .iter()
+            .map(|(resource, &want)| (resource.as_str(), nodes.symbol(resource), want))
+            .collect();
+        scan.retain(|node| {
+            let (used, have) = (node.requested(), node.allocatable());
+            if used.pods.saturating_add(1) > have.pods {
+                return Err(FilterReason::TooManyPods);
+            }
+            fits(
                 "cpu",
                 want.cpu_millicores,
                 used.cpu_millicores,
                 have.cpu_millicores,
-            ),
-            (
+            )?;
+            fits(
                 "memory",
                 want.memory_bytes,
                 used.memory_bytes,
                 have.memory_bytes,
-            ),
-            (
+            )?;
+            fits(
                 "ephemeral-storage",
                 want.ephemeral_storage_bytes,
                 used.ephemeral_storage_bytes,
                 have.ephemeral_storage_bytes,
-            ),
-        ] {
-            if want > 0 && used.saturating_add(want) > have {
-                return Err(FilterReason::Insufficient(Cow::Borrowed(resource)));
+            )?;
+            for &(resource, id, want) in &extended {
+                // A node without the resource at all has none allocatable.
+                let (used, have) = node.extended(id);
+                fits(resource, want, used, have)?;
             }
-        }
-        for (resource, &want) in &want.extended {
-            let used = used.extended.get(resource).copied().unwrap_or(0);
-            // A node without the resource at all has none allocatable.
-            let have = have.extended.get(resource).copied().unwrap_or(0);
-            if want > 0 && used.saturating_add(want) > have {
-                return Err(FilterReason::Insufficient(Cow::Owned(resource.clone())));
-            }
-        }
+            Ok(())
+        });
+    }
+}
+
+/// A request for nothing always fits, even on an overcommitted node.
+fn fits(resource: &str, want: u64, used: u64, have: u64) -> Result<(), FilterReason<'_>> {
+    if want > 0 && used.saturating_add(want) > have {
+        Err(FilterReason::Insufficient(Cow::Borrowed(resource)))
+    } else {
         Ok(())
     }
 }
@@ -293,17 +482,22 @@ impl Filter for HostPorts {
         "NodePorts"
     }
 
-    fn check(&self, pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        let conflict = pod.host_ports.iter().any(|wanted| {
-            node.used_host_ports
-                .iter()
-                .any(|used| ports_conflict(wanted, used))
-        });
-        if conflict {
-            Err(FilterReason::HostPortConflict)
-        } else {
-            Ok(())
+    fn filter<'a>(&self, pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        if pod.host_ports.is_empty() {
+            return;
         }
+        scan.retain(|node| {
+            let conflict = pod.host_ports.iter().any(|wanted| {
+                node.host_ports()
+                    .iter()
+                    .any(|used| ports_conflict(wanted, used))
+            });
+            if conflict {
+                Err(FilterReason::HostPortConflict)
+            } else {
+                Ok(())
+            }
+        });
     }
 }
 
@@ -342,10 +536,14 @@ impl Filter for EnergyFloor {
         "EnergyFloor"
     }
 
-    fn check(&self, _pod: &PodRequest, node: &NodeState) -> Result<(), FilterReason> {
-        match node.energy {
-            Some(level) if level < self.lowest_allowed => Err(FilterReason::Energy(level)),
-            _ => Ok(()),
+    fn filter<'a>(&self, _pod: &'a PodRequest, scan: &mut Scan<'a>) {
+        for level in EnergyLevel::ALL {
+            if level < self.lowest_allowed {
+                scan.reject(
+                    scan.nodes().at_energy(Some(level)),
+                    FilterReason::Energy(level),
+                );
+            }
         }
     }
 }
@@ -372,12 +570,28 @@ impl Filters {
         ])
     }
 
+    /// Runs the chain over every node of `nodes`. Each unit sees only the nodes all earlier units
+    /// passed, so a node is rejected (and, when explaining, counted) under its first failing unit.
+    pub(crate) fn scan<'a>(
+        &self,
+        pod: &'a PodRequest,
+        nodes: &'a Snapshot,
+        explain: bool,
+    ) -> Scan<'a> {
+        let mut scan = Scan::new(nodes, explain);
+        for filter in &self.0 {
+            filter.filter(pod, &mut scan);
+        }
+        scan
+    }
+
     /// The first unit that rejects `node`, with its reason; `None` when the node is feasible.
+    /// One plain node, through [`Filter::check`]: for tests and for reading.
     pub fn first_failure(
         &self,
         pod: &PodRequest,
         node: &NodeState,
-    ) -> Option<(&'static str, FilterReason)> {
+    ) -> Option<(&'static str, FilterReason<'static>)> {
         self.0
             .iter()
             .find_map(|filter| filter.check(pod, node).err().map(|r| (filter.name(), r)))
@@ -582,7 +796,11 @@ mod tests {
         n.labels.insert("zone".into(), "a".into());
         n.labels.insert("cores".into(), "64".into());
         n.labels.insert("name".into(), "big".into());
-        let matches = |r: SelectorRequirement| label_matches(&r, &n);
+        let matches = |r: SelectorRequirement| {
+            let mut p = pod("p");
+            p.required_node_affinity = vec![expressions(vec![r])];
+            NodeAffinity.check(&p, &n).is_ok()
+        };
         use SelectorOperator::*;
         assert!(matches(requirement("zone", In, &["a", "b"])));
         assert!(!matches(requirement("zone", In, &["b"])));

@@ -1,9 +1,10 @@
 //! Scheduling policy: pure filter and score units over plain structs (no I/O).
 //!
-//! [`schedule`] runs every node through [`Filters`], prices the feasible ones and picks one by
-//! [`ScoreConfig`]; when none is feasible it explains why in kube-scheduler's words.
+//! [`schedule`] runs a [`Snapshot`] of the nodes through [`Filters`], prices the feasible ones and
+//! picks one by [`ScoreConfig`]; when none is feasible it explains why in kube-scheduler's words.
 pub mod filter;
 pub mod score;
+pub mod snapshot;
 pub mod types;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ use wattwise_core::{EnergyLevel, Marginal};
 
 pub use filter::{Filter, FilterReason, Filters};
 pub use score::{PolicyKind, ScoreConfig};
+pub use snapshot::Snapshot;
 pub use types::*;
 
 use score::Shortlist;
@@ -23,7 +25,7 @@ use score::Shortlist;
 /// Where a pod goes and what it costs there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// Index into the scheduled node slice.
+    /// Index of the node in the snapshot (and in the node slice it mirrors).
     pub node: usize,
     pub marginal: Marginal,
     /// The node's own level (`None`: unknown), not the tier assumed for scoring.
@@ -64,42 +66,31 @@ impl std::error::Error for Unschedulable {}
 /// Picks a node for `pod`, or says why none fits.
 pub fn schedule(
     pod: &PodRequest,
-    nodes: &[NodeState],
+    nodes: &Snapshot,
     filters: &Filters,
     score: &ScoreConfig,
 ) -> Result<Decision, Unschedulable> {
-    let mut shortlist = Shortlist::with_capacity(score, nodes.len());
-    for (index, node) in nodes.iter().enumerate() {
-        if filters.first_failure(pod, node).is_none() {
-            shortlist.offer(pod, index, node);
-        }
-    }
+    let scan = filters.scan(pod, nodes, false);
+    let shortlist = Shortlist::new(score, pod, nodes, scan.feasible());
     let Some(index) = shortlist.choose(pod, nodes) else {
         return Err(explain(pod, nodes, filters));
     };
-    let node = &nodes[index];
+    let node = nodes.power(index);
     Ok(Decision {
         node: index,
-        marginal: node.power.price(pod.pricing_cpu_millicores),
+        marginal: node.price(pod.pricing_cpu_millicores),
         energy: node.energy,
-        fresh: node.power.fresh,
-        feasible: shortlist.len(),
+        fresh: node.fresh,
+        feasible: scan.feasible().len(),
     })
 }
 
-/// Counts reasons in a second pass, so the common case (some node fits) builds no strings.
-fn explain(pod: &PodRequest, nodes: &[NodeState], filters: &Filters) -> Unschedulable {
+/// Runs the chain again, counting, so the common case (some node fits) counts nothing and
+/// builds no strings; strings are made once per distinct reason.
+fn explain(pod: &PodRequest, nodes: &Snapshot, filters: &Filters) -> Unschedulable {
     let mut reasons = BTreeMap::<String, usize>::new();
-    for node in nodes {
-        if let Some((_, reason)) = filters.first_failure(pod, node) {
-            let summary = reason.summary();
-            match reasons.get_mut(summary.as_ref()) {
-                Some(count) => *count += 1,
-                None => {
-                    reasons.insert(summary.into_owned(), 1);
-                }
-            }
-        }
+    for (reason, count) in filters.scan(pod, nodes, true).into_rejected() {
+        *reasons.entry(reason.summary().into_owned()).or_default() += count;
     }
     Unschedulable {
         nodes_total: nodes.len(),
@@ -122,7 +113,13 @@ mod tests {
         full.requested.cpu_millicores = full.allocatable.cpu_millicores;
         let nodes = [node("default"), cheap, full];
         let p = pod("p");
-        let d = schedule(&p, &nodes, &filters, &ScoreConfig::default()).unwrap();
+        let d = schedule(
+            &p,
+            &Snapshot::new(&nodes),
+            &filters,
+            &ScoreConfig::default(),
+        )
+        .unwrap();
         assert_eq!(d.node, 1);
         assert_eq!(d.marginal, nodes[1].power.price(500));
         assert!(
@@ -165,7 +162,13 @@ mod tests {
         }];
         nodes.push(tainted);
 
-        let err = schedule(&pod("p"), &nodes, &filters, &ScoreConfig::default()).unwrap_err();
+        let err = schedule(
+            &pod("p"),
+            &Snapshot::new(&nodes),
+            &filters,
+            &ScoreConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.nodes_total, 8);
         assert_eq!(err.reasons.values().sum::<usize>(), 8);
         assert_eq!(
@@ -178,7 +181,13 @@ mod tests {
     #[test]
     fn no_nodes_at_all() {
         let filters = Filters::standard(EnergyLevel::LowPowered);
-        let err = schedule(&pod("p"), &[], &filters, &ScoreConfig::default()).unwrap_err();
+        let err = schedule(
+            &pod("p"),
+            &Snapshot::default(),
+            &filters,
+            &ScoreConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "0/0 nodes are available: no nodes.");
     }
 }

@@ -3,7 +3,8 @@
 
 use wattwise_core::EnergyLevel;
 
-use super::types::{NodeState, PodRequest};
+use super::snapshot::{NodeSet, Power, Snapshot};
+use super::types::PodRequest;
 
 /// How energy tier and marginal watts combine.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -39,80 +40,95 @@ impl Default for ScoreConfig {
 /// Weighted scores this close count as equal (float noise, not preference).
 const SCORE_TIE: f64 = 1e-9;
 
-/// A feasible node as scoring sees it.
+/// A feasible node of the best class, as scoring sees it.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
-    /// Index into the scheduled node slice.
-    node: usize,
+    /// Row index into the snapshot.
+    node: u32,
     /// The node's level, or the configured level for unknown.
     tier: EnergyLevel,
-    fresh: bool,
-    /// Marginal watts; NaN when the node was outside the best class when offered and so can
-    /// never win (see [`Shortlist::offer`]).
+    /// Marginal watts.
     watts: f64,
 }
 
-/// Feasible nodes as the scan finds them, priced only while they can still win.
+impl ScoreConfig {
+    /// The node's level, or the configured level for unknown.
+    fn tier(&self, node: &Power) -> EnergyLevel {
+        node.energy.unwrap_or(self.unknown_energy)
+    }
+
+    /// Nodes scored as `tier`: at that level, or of unknown level when that is the tier assumed
+    /// for unknown.
+    fn at_tier(&self, nodes: &Snapshot, tier: EnergyLevel) -> NodeSet {
+        let at_level = nodes.at_energy(Some(tier));
+        if self.unknown_energy == tier {
+            at_level.or(nodes.at_energy(None))
+        } else {
+            at_level.clone()
+        }
+    }
+
+    /// The feasible nodes of the best class that has any. Scoring compares the class first:
+    /// freshness, then (tiered only) the energy tier. A fresh report beats a stale one under any
+    /// weighting: a stale price may describe a node that has since filled up or heated.
+    fn best_class(&self, nodes: &Snapshot, feasible: &NodeSet) -> NodeSet {
+        let fresh = feasible.and(nodes.fresh());
+        let stale = feasible.and_not(nodes.fresh());
+        for by_freshness in [fresh, stale] {
+            match self.kind {
+                PolicyKind::Tiered => {
+                    for tier in EnergyLevel::ALL.into_iter().rev() {
+                        let class = by_freshness.and(&self.at_tier(nodes, tier));
+                        if !class.is_empty() {
+                            return class;
+                        }
+                    }
+                }
+                PolicyKind::Weighted { .. } => {
+                    if !by_freshness.is_empty() {
+                        return by_freshness;
+                    }
+                }
+            }
+        }
+        NodeSet::default()
+    }
+}
+
+/// The feasible nodes of the best class, priced: the only nodes scoring compares by watts.
 pub(crate) struct Shortlist<'c> {
     config: &'c ScoreConfig,
+    /// In node order.
     candidates: Vec<Candidate>,
-    /// Best class offered so far.
-    best: Option<(bool, Option<EnergyLevel>)>,
 }
 
 impl<'c> Shortlist<'c> {
-    pub fn with_capacity(config: &'c ScoreConfig, capacity: usize) -> Self {
-        Self {
-            config,
-            candidates: Vec::with_capacity(capacity),
-            best: None,
-        }
+    /// Pricing reads a node's curve, the costliest step of a decision, so the class is settled
+    /// first and only its nodes are priced.
+    pub fn new(
+        config: &'c ScoreConfig,
+        pod: &PodRequest,
+        nodes: &Snapshot,
+        feasible: &NodeSet,
+    ) -> Self {
+        let candidates = config
+            .best_class(nodes, feasible)
+            .iter()
+            .map(|i| {
+                let node = nodes.power(i);
+                Candidate {
+                    node: i as u32,
+                    tier: config.tier(node),
+                    watts: node.price(pod.pricing_cpu_millicores).watts.0,
+                }
+            })
+            .collect();
+        Self { config, candidates }
     }
 
-    /// Feasible nodes so far.
-    pub fn len(&self) -> usize {
-        self.candidates.len()
-    }
-
-    /// The class scoring compares first: freshness, then (tiered only) the energy tier. A fresh
-    /// report beats a stale one under any weighting: a stale price may describe a node that has
-    /// since filled up or heated.
-    fn class(&self, fresh: bool, tier: EnergyLevel) -> (bool, Option<EnergyLevel>) {
-        match self.config.kind {
-            PolicyKind::Tiered => (fresh, Some(tier)),
-            PolicyKind::Weighted { .. } => (fresh, None),
-        }
-    }
-
-    /// Adds a feasible node. Pricing reads the node's curve, the costliest step of a scan, so a
-    /// node below the best class seen so far is not priced: the best class only rises, so such
-    /// a node is never compared by watts.
-    pub fn offer(&mut self, pod: &PodRequest, index: usize, node: &NodeState) {
-        let tier = node.energy.unwrap_or(self.config.unknown_energy);
-        let fresh = node.power.fresh;
-        let class = self.class(fresh, tier);
-        let watts = if self.best.is_none_or(|best| class >= best) {
-            self.best = Some(class);
-            node.power.price(pod.pricing_cpu_millicores).watts.0
-        } else {
-            f64::NAN
-        };
-        self.candidates.push(Candidate {
-            node: index,
-            tier,
-            fresh,
-            watts,
-        });
-    }
-
-    /// The winning node's index into `nodes`; `None` when nothing was offered.
-    pub fn choose(&self, pod: &PodRequest, nodes: &[NodeState]) -> Option<usize> {
-        let (fresh, tier) = self.best?;
-        let class = || {
-            self.candidates
-                .iter()
-                .filter(move |c| self.class(c.fresh, c.tier) == (fresh, tier))
-        };
+    /// The winning node's row in `nodes`; `None` when no node is feasible.
+    pub fn choose(&self, pod: &PodRequest, nodes: &Snapshot) -> Option<usize> {
+        let class = || self.candidates.iter();
         match self.config.kind {
             PolicyKind::Tiered => {
                 let cheapest = class().map(|c| c.watts).fold(f64::INFINITY, f64::min);
@@ -160,18 +176,18 @@ fn energy_score(level: EnergyLevel) -> f64 {
 /// the first node in the list.
 fn rendezvous<'a>(
     pod: &PodRequest,
-    nodes: &[NodeState],
+    nodes: &Snapshot,
     tied: impl Iterator<Item = &'a Candidate>,
 ) -> Option<usize> {
     // 0xff never occurs in UTF-8, so no two (uid, name) pairs hash the same byte string.
     let pod_state = fnv1a(fnv1a(FNV_OFFSET_BASIS, pod.uid.as_bytes()), &[0xff]);
     tied.map(|c| {
-        let weight = fmix64(fnv1a(pod_state, nodes[c.node].name.as_bytes()));
+        let weight = fmix64(fnv1a(pod_state, nodes.name(c.node as usize).as_bytes()));
         (weight, c.node)
     })
     // Equal weights (vanishingly rare): the lower index, to stay deterministic.
     .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-    .map(|(_, node)| node)
+    .map(|(_, node)| node as usize)
 }
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -203,10 +219,11 @@ mod tests {
     use crate::policy::filter::Filters;
     use crate::policy::fixtures::{node, pod, power};
     use crate::policy::schedule;
+    use crate::policy::types::NodeState;
 
     fn winner(nodes: &[NodeState], config: &ScoreConfig) -> String {
         let filters = Filters::standard(EnergyLevel::LowPowered);
-        let decision = schedule(&pod("p"), nodes, &filters, config).unwrap();
+        let decision = schedule(&pod("p"), &Snapshot::new(nodes), &filters, config).unwrap();
         nodes[decision.node].name.clone()
     }
 
@@ -331,7 +348,7 @@ mod tests {
                 let filters = Filters::standard(EnergyLevel::LowPowered);
                 let d = schedule(
                     &pod(&format!("pod-{i}")),
-                    &nodes,
+                    &Snapshot::new(&nodes),
                     &filters,
                     &ScoreConfig::default(),
                 )
@@ -359,8 +376,9 @@ mod tests {
             let mut per_node = [0; 5];
             for i in 0..100 {
                 let p = pod(&format!("0b9c6a1e-{i:04}"));
-                let first = schedule(&p, &nodes, &filters, &config).unwrap().node;
-                let again = schedule(&p, &nodes, &filters, &config).unwrap().node;
+                let snapshot = Snapshot::new(&nodes);
+                let first = schedule(&p, &snapshot, &filters, &config).unwrap().node;
+                let again = schedule(&p, &snapshot, &filters, &config).unwrap().node;
                 assert_eq!(first, again, "deterministic per pod");
                 per_node[first] += 1;
             }

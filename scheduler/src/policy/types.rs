@@ -74,7 +74,7 @@ pub enum TaintEffect {
     NoExecute,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Taint {
     pub key: String,
     /// Empty when the taint has no value.
