@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,49 +398,105 @@ def train(
 # --------------------------------------------------------------------------------------------
 # Calibration (mirrors the agent's online calibration exactly)
 
-CAL_LAMBDA = 0.998
-CAL_P0 = np.diag([0.5**2, 0.3**2])
-CAL_A = (0.25, 4.0)
-CAL_B = (-0.5, 0.5)
+#: Load levels ("bins") at 0, 5, …, 100 % utilisation.
+CAL_BINS = 21
+#: N: samples a bin averages over (the agent's `calibration.memory_samples` default).
+CAL_MEMORY = 300
+#: ρ: the pull toward the model as it is (a = 1, b = 0).
+CAL_RIDGE = 0.001
+CAL_A = (0.1, 10.0)
+CAL_B = (-1.0, 1.0)
+
+
+def calibration_bin(utilisation: float) -> int:
+    """round(u · 20) for u clamped to 0..1, halves rounded away from zero (Rust's f64::round)."""
+    x = min(max(utilisation, 0.0), 1.0) * 20.0
+    whole = math.floor(x)
+    return int(whole) + (1 if x - whole >= 0.5 else 0)
 
 
 @dataclass
 class Calibration:
-    """P_measured ≈ a · P_model + b · S by recursive least squares with forgetting.
+    """P_measured ≈ a · P_model + b · S by least squares over per-load-level means.
 
-    S = the model's uncalibrated prediction at u = 1 and its input defaults (watts). Regressor
-    φ = [P_model / S, 1], target y = P_measured / S, θ = [a, b] from [1, 0], P from
-    diag(0.5², 0.3²); per sample k = Pφ / (λ + φᵀPφ), θ += k (y − φᵀθ), P = (P − k φᵀ P) / λ;
-    anti-windup: P is scaled down to trace(P0) when its trace exceeds it; a ∈ [0.25, 4] and
-    b ∈ [−0.5, 0.5] are clamped after every sample. λ = 0.998 (one sample per second). The
-    calibrated prediction is max(0, a · P_model + b · S). Mirrors agent/src/model/calibration.rs.
+    S = the model's uncalibrated prediction at u = 1 and its input defaults (watts); x =
+    P_model / S, y = P_measured / S. 21 bins at 0, 5, …, 100 % (bin = round(20 u)) each keep a
+    count n (capped at N) and means x̄, ȳ: on a sample n = min(n + 1, N), x̄ += (x − x̄) / n, ȳ
+    likewise. Fit with w = n / N: minimise Σ w (ȳ − a x̄ − b)² + ρ ((a − 1)² + b²), ρ = 0.001, in
+    closed form; if a falls outside [0.1, 10] it is clamped and b re-solved for it, then b is
+    clamped to [−1, 1]. Refitted after every sample. The calibrated prediction is
+    max(0, a · P_model + b · S). Mirrors agent/src/model/calibration.rs operation for operation
+    (plain Python floats, same order), so both give the same bits.
     """
 
     scale: float
-    theta: np.ndarray
-    cov: np.ndarray
+    memory: int
+    n: list
+    xbar: list
+    ybar: list
+    theta: tuple
 
     @classmethod
-    def start(cls, scale: float) -> "Calibration":
-        return cls(scale=scale, theta=np.array([1.0, 0.0]), cov=CAL_P0.copy())
-
-    def update(self, model_watts: float, measured_watts: float) -> None:
-        phi = np.array([model_watts / self.scale, 1.0])
-        y = measured_watts / self.scale
-        p_phi = self.cov @ phi
-        k = p_phi / (CAL_LAMBDA + phi @ p_phi)
-        self.theta = self.theta + k * (y - phi @ self.theta)
-        self.cov = (self.cov - np.outer(k, phi @ self.cov)) / CAL_LAMBDA
-        limit = np.trace(CAL_P0)
-        if np.trace(self.cov) > limit:
-            self.cov = self.cov * (limit / np.trace(self.cov))
-        self.theta = np.array(
-            [np.clip(self.theta[0], *CAL_A), np.clip(self.theta[1], *CAL_B)]
+    def start(cls, scale: float, memory: int = CAL_MEMORY) -> "Calibration":
+        return cls(
+            scale=float(scale),
+            memory=int(memory),
+            n=[0] * CAL_BINS,
+            xbar=[0.0] * CAL_BINS,
+            ybar=[0.0] * CAL_BINS,
+            theta=(1.0, 0.0),
         )
+
+    def update(self, utilisation: float, model_watts: float, measured_watts: float) -> None:
+        """Feeds one sample; an invalid one raises ValueError and changes nothing."""
+        utilisation, model_watts, measured_watts = (
+            float(utilisation), float(model_watts), float(measured_watts)
+        )
+        if not math.isfinite(measured_watts) or measured_watts <= 0.0:
+            raise ValueError(f"measured watts {measured_watts}")
+        if not (math.isfinite(model_watts) and model_watts >= 0.0):
+            raise ValueError(f"model watts {model_watts}")
+        if not math.isfinite(utilisation):
+            raise ValueError(f"utilisation {utilisation}")
+        k = calibration_bin(utilisation)
+        x = model_watts / self.scale
+        y = measured_watts / self.scale
+        n = min(self.n[k] + 1, self.memory)
+        self.n[k] = n
+        self.xbar[k] = self.xbar[k] + (x - self.xbar[k]) / n
+        self.ybar[k] = self.ybar[k] + (y - self.ybar[k]) / n
+        self.theta = self.fit()
+
+    def fit(self) -> tuple:
+        """(a, b) in units of S from the bins."""
+        sw = swx = swy = swxx = swxy = 0.0
+        for n, x, y in zip(self.n, self.xbar, self.ybar):
+            if n == 0:
+                continue
+            w = n / self.memory
+            sw += w
+            swx += w * x
+            swy += w * y
+            swxx += w * x * x
+            swxy += w * x * y
+        a00 = swxx + CAL_RIDGE
+        a01 = swx
+        a11 = sw + CAL_RIDGE
+        r0 = swxy + CAL_RIDGE
+        r1 = swy
+        det = a00 * a11 - a01 * a01
+        a = (r0 * a11 - a01 * r1) / det
+        b = (a00 * r1 - a01 * r0) / det
+        if a < CAL_A[0] or a > CAL_A[1]:
+            a = CAL_A[0] if a < CAL_A[0] else CAL_A[1]
+            b = (swy - a * swx) / (sw + CAL_RIDGE)
+        b = CAL_B[0] if b < CAL_B[0] else (CAL_B[1] if b > CAL_B[1] else b)
+        return (a, b)
 
     def apply(self, model_watts):
         """The calibrated prediction max(0, a · P_model + b · S)."""
-        return np.maximum(0.0, self.theta[0] * np.asarray(model_watts) + self.theta[1] * self.scale)
+        a, b = self.theta
+        return np.maximum(0.0, a * np.asarray(model_watts) + b * self.scale)
 
 
 # --------------------------------------------------------------------------------------------

@@ -160,8 +160,10 @@ pub struct CalibrationConfig {
     pub enabled: bool,
     /// Node-local file the fit is kept in across agent restarts.
     pub state_path: PathBuf,
-    /// RLS forgetting factor λ per sample (one sample per `interval`).
-    pub forgetting: f64,
+    /// N: samples each load level (0, 5, …, 100 % utilisation) averages over. A level is a plain
+    /// mean until it has N samples, then an exponential average over about its last N; it only
+    /// forgets when its own load is measured again (one sample per `interval` at most).
+    pub memory_samples: u64,
     /// Longest time a changed fit waits before it is written to `state_path` (it is also written
     /// on shutdown and when the calibration state changes).
     #[serde(with = "humantime_serde")]
@@ -173,7 +175,7 @@ impl Default for CalibrationConfig {
         Self {
             enabled: true,
             state_path: PathBuf::from("/var/lib/wattwise/calibration.json"),
-            forgetting: crate::model::calibration::DEFAULT_FORGETTING,
+            memory_samples: crate::model::calibration::DEFAULT_MEMORY_SAMPLES,
             save_interval: Duration::from_secs(60),
         }
     }
@@ -356,13 +358,13 @@ impl AgentConfig {
 
     fn validate_calibration(&self) -> Result<(), ConfigError> {
         let c = &self.calibration;
-        let range = crate::model::calibration::FORGETTING_RANGE;
-        if !range.contains(&c.forgetting) {
+        let range = crate::model::calibration::MEMORY_SAMPLES_RANGE;
+        if !range.contains(&c.memory_samples) {
             return Err(invalid(
-                "calibration.forgetting",
+                "calibration.memory_samples",
                 format!(
-                    "{} is outside {}..={} (0.998 forgets a sample's weight by half in ~350 samples)",
-                    c.forgetting,
+                    "{} is outside {}..={} (samples each load level averages over; 300 = 5 minutes at a 1 s interval)",
+                    c.memory_samples,
                     range.start(),
                     range.end()
                 ),
@@ -451,7 +453,7 @@ bmc:
   sensors: {inlet: "Inlet Temp", cpu0: "CPU1 Temp", power: "Sys Power"}
 cpu: {source: file, file: /run/util, capacity_millicores: 8000}
 model: {path: /m.onnx, idle_watts: 80, peak_watts: 300}
-calibration: {enabled: true, state_path: /var/lib/wattwise/cal.json, forgetting: 0.995, save_interval: 30s}
+calibration: {enabled: true, state_path: /var/lib/wattwise/cal.json, memory_samples: 600, save_interval: 30s}
 energy: {source: {type: power-supply, name: BAT0}, hysteresis_percent: 3, interval: 5s}
 grpc: {listen: "127.0.0.1:9101"}
 scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
@@ -470,7 +472,7 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
             }
         );
         assert_eq!(c.metrics.listen.port(), 9100, "default kept");
-        assert_eq!(c.calibration.forgetting, 0.995);
+        assert_eq!(c.calibration.memory_samples, 600);
         assert_eq!(c.calibration.save_interval, Duration::from_secs(30));
         assert_eq!(
             c.calibration.state_path,
@@ -486,9 +488,17 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
             c.calibration.state_path,
             Path::new("/var/lib/wattwise/calibration.json")
         );
-        assert_eq!(c.calibration.forgetting, 0.998);
+        assert_eq!(c.calibration.memory_samples, 300);
         let err = parse("calibration: {enable: false}\n").unwrap_err();
         assert!(err.contains("enable"), "{err}");
+        // The recursive least squares' setting is gone: a config still carrying it is told so.
+        let err = parse("calibration: {forgetting: 0.998}\n").unwrap_err();
+        assert!(err.contains("forgetting"), "{err}");
+        let err = parse("calibration: {memory_samples: 0.5}\n").unwrap_err();
+        assert!(
+            err.contains("memory_samples") || err.contains("integer"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -535,12 +545,12 @@ scheduler: {endpoints: ["wattwise-scheduler.kube-system.svc:9201"]}
                 "model.idle_watts",
             ),
             (
-                Box::new(|c| c.calibration.forgetting = 1.2),
-                "calibration.forgetting",
+                Box::new(|c| c.calibration.memory_samples = 9),
+                "calibration.memory_samples",
             ),
             (
-                Box::new(|c| c.calibration.forgetting = f64::NAN),
-                "calibration.forgetting",
+                Box::new(|c| c.calibration.memory_samples = 100_001),
+                "calibration.memory_samples",
             ),
             (
                 Box::new(|c| c.calibration.save_interval = Duration::ZERO),

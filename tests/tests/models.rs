@@ -1,17 +1,20 @@
 //! The shipped power models (`models/*.onnx`, trained by `models/train.py` from SPECpower results)
-//! through the agent's own loader, and the training pipeline's reproducibility.
+//! through the agent's own loader, the training pipeline's reproducibility, and the accuracy
+//! report's calibration (models/pipeline.py `Calibration`) against the agent's.
 //!
-//! The reproducibility test runs the real pipeline (python3 with models/requirements.txt, which
-//! `scripts/install-deps.sh` installs). Without those packages it fails under `CI=true` and
-//! otherwise prints a loud SKIP line.
+//! The Python tests run the real pipeline (python3 with models/requirements.txt, which
+//! `scripts/install-deps.sh` installs). Without those packages they fail under `CI=true` and
+//! otherwise print a loud SKIP line.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use prost::Message;
 use tempfile::TempDir;
 use tract_onnx::pb;
+use wattwise_agent::model::calibration::{Estimator, DEFAULT_MEMORY_SAMPLES};
 use wattwise_agent::model::{
     Conditions, Feature, ModelOverrides, NodeScale, OutputKind, PowerModel,
 };
@@ -302,18 +305,26 @@ fn grid(path: &Path, scale: NodeScale) -> Vec<f64> {
     out
 }
 
+/// Whether `test` must be skipped for want of the pipeline's Python packages (never under CI).
+fn skip_without_python(test: &str) -> bool {
+    let Some(reason) = python_missing() else {
+        return false;
+    };
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(
+        !ci,
+        "the model pipeline's Python packages are missing ({reason}): run scripts/install-deps.sh"
+    );
+    eprintln!(
+        "\n**** SKIP {test}: python3 cannot import numpy/onnx ({reason}); run \
+         scripts/install-deps.sh ****\n"
+    );
+    true
+}
+
 #[test]
 fn training_reproduces_the_shipped_files() {
-    if let Some(reason) = python_missing() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        assert!(
-            !ci,
-            "the model pipeline's Python packages are missing ({reason}): run scripts/install-deps.sh"
-        );
-        eprintln!(
-            "\n**** SKIP training_reproduces_the_shipped_files: python3 cannot import numpy/onnx \
-             ({reason}); run scripts/install-deps.sh ****\n"
-        );
+    if skip_without_python("training_reproduces_the_shipped_files") {
         return;
     }
     let out = TempDir::new().unwrap();
@@ -368,4 +379,178 @@ fn training_reproduces_the_shipped_files() {
             assert!((x - y).abs() <= 1e-6 * peak, "{name}: {x} vs {y}");
         }
     }
+}
+
+/// One calibration run: S, N and the (utilisation, model W, measured W) samples in order.
+struct CalibrationRun {
+    scale: f64,
+    memory: u64,
+    samples: Vec<(f64, f64, f64)>,
+}
+
+/// Replays each run through models/pipeline.py `Calibration`: per sample "a b" (θ after it, as
+/// Python's repr) or "rejected".
+const REPLAY_PY: &str = r#"
+import sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[1])
+import pipeline as p
+cal = None
+for line in sys.stdin:
+    f = line.split()
+    if f[0] == "start":
+        cal = p.Calibration.start(float(f[1]), int(f[2]))
+        continue
+    try:
+        cal.update(float(f[0]), float(f[1]), float(f[2]))
+    except ValueError:
+        print("rejected")
+        continue
+    print(repr(cal.theta[0]), repr(cal.theta[1]))
+"#;
+
+/// The runs both implementations must agree on, sample by sample: the golden vector of
+/// agent/src/model/calibration.rs, a long noisy sweep over every load level with a small memory
+/// (bins full and averaging), meters that push the gain and the offset into their bounds, and
+/// invalid samples between valid ones.
+fn calibration_runs() -> Vec<CalibrationRun> {
+    let golden = CalibrationRun {
+        scale: 300.0,
+        memory: DEFAULT_MEMORY_SAMPLES,
+        samples: [0.0, 0.4, 0.8]
+            .iter()
+            .flat_map(|&u| {
+                std::iter::repeat_n((u, 100.0 + 200.0 * u, 80.0 + 150.0 * u + 50.0 * u * u), 60)
+            })
+            .collect(),
+    };
+    // Integer pseudo-noise: the same numbers in both languages.
+    let noise = |i: u64| ((i * 48_271) % 1000) as f64 / 100.0 - 5.0;
+    let sweep = CalibrationRun {
+        scale: 250.0,
+        memory: 50,
+        samples: (0..3000u64)
+            .map(|i| {
+                let u = ((i / 7 * 37) % 103) as f64 / 100.0 - 0.01; // −0.01..=1.01: clamped too
+                let model = 90.0 + 160.0 * u.clamp(0.0, 1.0);
+                let meter = 70.0 + 200.0 * u + 30.0 * u * u + noise(i);
+                (u, model, meter)
+            })
+            .collect(),
+    };
+    let bounded = |scale: f64, meter: fn(f64) -> f64| CalibrationRun {
+        scale,
+        memory: 10,
+        samples: (0..400u64)
+            .map(|i| {
+                let u = (i % 21) as f64 / 20.0;
+                let model = 0.3 * scale + 0.7 * scale * u;
+                (u, model, meter(model) + noise(i) / 50.0)
+            })
+            .collect(),
+    };
+    let mut invalid = bounded(180.0, |m| 0.9 * m + 12.0);
+    for (i, bad) in [
+        (f64::NAN, 200.0, 210.0),
+        (0.5, 200.0, f64::NAN),
+        (0.5, 200.0, f64::INFINITY),
+        (0.5, 200.0, 0.0),
+        (0.5, 200.0, -3.0),
+        (0.5, -1.0, 210.0),
+        (0.5, f64::NAN, 210.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        invalid.samples.insert(17 + 31 * i, bad);
+    }
+    vec![
+        golden,
+        sweep,
+        bounded(200.0, |m| 12.0 * m - 100.0),
+        bounded(200.0, |m| 11.0 * m + 300.0),
+        bounded(600.0, |m| 0.05 * m + 1.0),
+        bounded(100.0, |m| m + 150.0),
+        invalid,
+    ]
+}
+
+#[test]
+fn the_reports_calibration_is_the_agents() {
+    if skip_without_python("the_reports_calibration_is_the_agents") {
+        return;
+    }
+    let runs = calibration_runs();
+    let mut input = String::new();
+    for run in &runs {
+        input += &format!("start {:?} {}\n", run.scale, run.memory);
+        for (u, model, measured) in &run.samples {
+            input += &format!("{u:?} {model:?} {measured:?}\n");
+        }
+    }
+    let mut child = Command::new("python3")
+        .args(["-B", "-c", REPLAY_PY])
+        .arg(models_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Written from another thread: Python answers while it reads, and both pipes are finite.
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "python3 failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let (mut compared, mut rejected, mut clamped, mut worst) = (0, 0, 0, 0.0f64);
+    for (r, run) in runs.iter().enumerate() {
+        let mut e = Estimator::new(run.scale, run.memory).unwrap();
+        for (i, &(u, model, measured)) in run.samples.iter().enumerate() {
+            let python = lines.next().expect("a line per sample");
+            match e.update(u, model, measured) {
+                Err(err) => {
+                    assert_eq!(
+                        python, "rejected",
+                        "run {r} sample {i}: Rust rejects it ({err})"
+                    );
+                    rejected += 1;
+                }
+                Ok(()) => {
+                    let theta: Vec<f64> = python
+                        .split(' ')
+                        .map(|v| {
+                            v.parse()
+                                .unwrap_or_else(|_| panic!("run {r} sample {i}: {python}"))
+                        })
+                        .collect();
+                    for (rust, py) in e.theta().iter().zip(&theta) {
+                        let diff = (rust - py).abs() / py.abs().max(1e-300);
+                        worst = worst.max(diff);
+                        assert!(
+                            diff <= 1e-12,
+                            "run {r} sample {i}: Rust θ = {:?}, Python θ = {theta:?}",
+                            e.theta()
+                        );
+                    }
+                    clamped += usize::from(
+                        [0.1, 10.0].contains(&e.gain()) || [-1.0, 1.0].contains(&e.theta()[1]),
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        if r == 0 {
+            println!("golden θ = {:?} (Python agrees)", e.theta());
+        }
+    }
+    assert!(lines.next().is_none(), "Python printed more than asked");
+    assert_eq!(rejected, 7);
+    assert!(clamped > 1000, "the bounds were exercised: {clamped}");
+    println!("{compared} fits compared, {rejected} rejections, {clamped} on a bound; largest relative difference {worst:e}");
 }

@@ -96,7 +96,7 @@ pub struct AgentMetrics {
     calibration_gain: GaugeF,
     calibration_offset_watts: GaugeF,
     calibration_scale_watts: GaugeF,
-    calibration_uncertainty: GaugeF,
+    calibration_levels: Gauge,
     calibration_mape_percent: Family<Vec<(String, String)>, GaugeF>,
     calibration_samples: Counter,
     calibration_rejected: Family<ReasonLabel, Counter>,
@@ -135,7 +135,7 @@ impl AgentMetrics {
             calibration_gain: GaugeF::default(),
             calibration_offset_watts: GaugeF::default(),
             calibration_scale_watts: GaugeF::default(),
-            calibration_uncertainty: GaugeF::default(),
+            calibration_levels: Gauge::default(),
             calibration_mape_percent: Family::default(),
             calibration_samples: Counter::default(),
             calibration_rejected: Family::default(),
@@ -216,9 +216,9 @@ impl AgentMetrics {
             m.calibration_scale_watts.clone(),
         );
         registry.register(
-            "wattwise_calibration_uncertainty",
-            "trace of the calibration's covariance P (0.34 = nothing learnt; falls as varied load is measured)",
-            m.calibration_uncertainty.clone(),
+            "wattwise_calibration_levels",
+            "Load levels (0, 5, ..., 100 % utilisation) the calibration knows from at least 30 measurements (all calibration.memory_samples if fewer); calibrated takes 3 of them at least 10 points apart",
+            m.calibration_levels.clone(),
         );
         registry.register(
             "wattwise_calibration_mape_percent",
@@ -381,7 +381,8 @@ impl AgentMetrics {
         self.calibration_gain.set(status.gain);
         self.calibration_offset_watts.set(status.offset_watts);
         self.calibration_scale_watts.set(status.scale_watts);
-        self.calibration_uncertainty.set(status.uncertainty);
+        self.calibration_levels
+            .set(i64::try_from(status.levels).unwrap_or(i64::MAX));
         match status.mape_percent {
             Some(mape) => {
                 self.calibration_mape_percent

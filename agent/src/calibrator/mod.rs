@@ -13,24 +13,26 @@
 //! - the measured watts are finite and positive, and the model's are finite and non-negative
 //!   (anything else is counted as rejected and never enters the estimator).
 //!
-//! P_model is the uncalibrated prediction at the cycle's utilisation and temperatures.
+//! P_model is the uncalibrated prediction at the cycle's utilisation and temperatures; the sample
+//! goes to the estimator's load level (bin) of that utilisation, 0, 5, …, 100 %.
 //!
 //! # States
 //!
-//! - **uncalibrated**: calibration disabled, no usable scale, or no sample taken in the fit's
-//!   life: predictions are the model's own (θ₀). Without a measurement source the agent says so
-//!   in its log once.
-//! - **calibrating**: samples arrived but not yet from [`LEVELS_NEEDED`] utilisation levels with
-//!   [`SAMPLES_PER_LEVEL`] samples each, a level being the samples within ±[`LEVEL_HALF_WIDTH`]
-//!   points of its centre and the centres at least [`LEVEL_SPACING`] points apart. Two levels
-//!   already determine a line, but a third is what shows the correction holds between and
-//!   beyond them.
-//! - **calibrated**: that excitation was seen in the fit's life (kept in the state file).
-//!   trace(P) is deliberately not part of the test: under a long stretch of constant load
-//!   forgetting re-opens P up to the anti-windup ceiling although the fit stays as good as it was
-//!   (it keeps matching the held level and barely turns around it: the direction that re-opens
-//!   is the one those samples say nothing about). It is exported as
-//!   `wattwise_calibration_uncertainty` instead.
+//! Derived from the estimator's bins alone, so a restored fit has the state it was saved with:
+//!
+//! - **uncalibrated**: calibration disabled, no usable scale, or no sample in any bin:
+//!   predictions are the model's own (a = 1, b = 0). Without a measurement source the agent says
+//!   so in its log once.
+//! - **calibrating**: samples arrived but there are not yet [`LEVELS_NEEDED`] known levels (bins
+//!   with [`SAMPLES_PER_LEVEL`] samples, or full when `calibration.memory_samples` is smaller)
+//!   whose centres are at least [`LEVEL_SPACING`] points apart. Two levels already determine a
+//!   line, but a third is what shows the correction holds between and beyond them.
+//! - **calibrated**: there are. A bin never loses samples (its count stays at N once full), so
+//!   a node that sits at one load for days stays calibrated, and its fit stays what the other
+//!   levels taught: they are only revised when their own load is measured again.
+//!
+//! The number of known levels, however close together, is exported as
+//! `wattwise_calibration_levels`.
 //!
 //! # Error
 //!
@@ -54,30 +56,25 @@ use wattwise_core::PowerCurve;
 use wattwise_proto::v1 as pb;
 
 use crate::config::CalibrationConfig;
-use crate::model::calibration::{Estimator, SampleError};
+use crate::model::calibration::{bin_centre_percent, Estimator, SampleError};
 use crate::sensors::bmc::{BmcReadings, PowerPath};
 use crate::sensors::roles::Role;
 
 pub use store::Identity;
-use store::{Loaded, StateFile};
+use store::{Loaded, StateFile, StoredBin};
 
 /// Largest utilisation change between two cycles for the second to give a sample (fraction).
 pub const STEADY_UTILISATION_STEP: f64 = 0.05;
-/// Utilisation levels a fit must have seen to count as calibrated.
+/// Load levels (estimator bins) a fit must know to count as calibrated.
 pub const LEVELS_NEEDED: usize = 3;
-/// Least distance between those levels, in utilisation points.
+/// Least distance between those levels' centres, in utilisation points.
 pub const LEVEL_SPACING: usize = 10;
-/// A level is its centre ± this many points.
-pub const LEVEL_HALF_WIDTH: usize = 2;
-/// Samples a level needs (one minute at the default 1 s interval).
-pub const SAMPLES_PER_LEVEL: u64 = 60;
+/// Samples a bin needs to count as a known level (30 s at the default 1 s interval).
+pub const SAMPLES_PER_LEVEL: u64 = 30;
 /// Samples the rolling MAPE is taken over (the newest ones).
 pub const MAPE_WINDOW: usize = 60;
 /// The report's limit for `calibration_mape_percent`.
 pub const MAX_MAPE_PERCENT: f64 = 1000.0;
-
-/// Utilisation points 0..=100.
-const LEVEL_BINS: usize = 101;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -121,6 +118,7 @@ pub fn rejection_label(e: &SampleError) -> &'static str {
         SampleError::MeasuredNotFinite(_) => "measured_not_finite",
         SampleError::MeasuredNotPositive(_) => "measured_not_positive",
         SampleError::Model(_) => "model_invalid",
+        SampleError::Utilisation(_) => "utilisation_invalid",
     }
 }
 
@@ -134,8 +132,9 @@ pub struct Status {
     pub offset_watts: f64,
     /// S (0 when the model has no usable scale).
     pub scale_watts: f64,
-    /// trace(P).
-    pub uncertainty: f64,
+    /// Known load levels ([`level_threshold`] samples), however close together (0 when
+    /// uncalibrated).
+    pub levels: usize,
     /// Rolling MAPE of the calibrated prediction against measurement, percent.
     pub mape_percent: Option<f64>,
     /// This cycle's sample.
@@ -173,8 +172,7 @@ pub struct Calibrator {
 struct Fit {
     identity: Identity,
     estimator: Estimator,
-    /// Samples per utilisation point in the fit's life.
-    levels: Vec<u64>,
+    /// Samples the fit has taken in its life (the bins keep at most N each).
     samples: u64,
     /// |calibrated − measured| / measured of the newest samples, a priori (before each update).
     recent_errors: VecDeque<f64>,
@@ -211,7 +209,7 @@ impl Calibrator {
             info!("calibration disabled (calibration.enabled: false): reporting uncalibrated predictions");
             return Self { fit: None };
         }
-        let fresh = match Estimator::new(identity.scale_watts, config.forgetting) {
+        let fresh = match Estimator::new(identity.scale_watts, config.memory_samples) {
             Ok(e) => e,
             Err(e) => {
                 warn!(model = %identity.model_name, version = %identity.model_version, error = %e,
@@ -222,7 +220,6 @@ impl Calibrator {
         let mut fit = Fit {
             identity,
             estimator: fresh,
-            levels: vec![0; LEVEL_BINS],
             samples: 0,
             recent_errors: VecDeque::with_capacity(MAPE_WINDOW),
             last_measurement: None,
@@ -237,7 +234,7 @@ impl Calibrator {
             saved_state: State::Uncalibrated,
             save_error: None,
         };
-        fit.restore(config.forgetting);
+        fit.restore(config.memory_samples);
         fit.saved_state = fit.state();
         if !bmc_configured {
             fit.announce_absent("no BMC is configured (bmc.mode: none)");
@@ -301,7 +298,7 @@ impl Calibrator {
                 gain: 1.0,
                 offset_watts: 0.0,
                 scale_watts: 0.0,
-                uncertainty: crate::model::calibration::initial_trace(),
+                levels: 0,
                 mape_percent: None,
                 outcome: Outcome::Skipped,
             },
@@ -310,7 +307,7 @@ impl Calibrator {
                 gain: fit.estimator.gain(),
                 offset_watts: fit.estimator.offset_watts(),
                 scale_watts: fit.estimator.scale_watts(),
-                uncertainty: fit.estimator.uncertainty(),
+                levels: known_levels(&fit.estimator),
                 mape_percent: fit.mape_percent(),
                 outcome: fit.outcome,
             },
@@ -362,24 +359,18 @@ impl Calibrator {
 
 impl Fit {
     fn state(&self) -> State {
-        if self.samples == 0 {
-            State::Uncalibrated
-        } else if excited_levels(&self.levels).len() >= LEVELS_NEEDED {
-            State::Calibrated
-        } else {
-            State::Calibrating
-        }
+        state_of(&self.estimator)
     }
 
     /// Restores the fit from the state file, or keeps the fresh one saying why.
-    fn restore(&mut self, forgetting: f64) {
+    fn restore(&mut self, memory_samples: u64) {
         let path = self.path.clone();
         let problem = match store::load(&path, &self.identity) {
             Loaded::Absent => {
                 info!(path = %path.display(), "no calibration state yet; starting a fresh fit");
                 return;
             }
-            Loaded::Found(file) => match self.adopt(&file, forgetting) {
+            Loaded::Found(file) => match self.adopt(&file, memory_samples) {
                 Ok(()) => {
                     info!(path = %path.display(), state = self.state().label(),
                         gain = self.estimator.gain(), offset_watts = self.estimator.offset_watts(),
@@ -400,28 +391,8 @@ impl Fit {
     }
 
     /// Takes over a state file's fit after checking its values.
-    fn adopt(&mut self, file: &StateFile, forgetting: f64) -> Result<(), String> {
-        let estimator =
-            Estimator::restore(file.scale_watts, forgetting, file.theta, file.covariance)
-                .map_err(|e| e.to_string())?;
-        if file.level_samples.len() != LEVEL_BINS {
-            return Err(format!(
-                "level_samples has {} entries, not {LEVEL_BINS}",
-                file.level_samples.len()
-            ));
-        }
-        let total = file
-            .level_samples
-            .iter()
-            .try_fold(0u64, |sum, &n| sum.checked_add(n));
-        if total != Some(file.samples) {
-            return Err(format!(
-                "level_samples add up to {total:?}, not samples ({})",
-                file.samples
-            ));
-        }
-        self.estimator = estimator;
-        self.levels = file.level_samples.clone();
+    fn adopt(&mut self, file: &StateFile, memory_samples: u64) -> Result<(), String> {
+        self.estimator = file.estimator(memory_samples)?;
         self.samples = file.samples;
         Ok(())
     }
@@ -475,12 +446,10 @@ impl Fit {
 
     fn learn(&mut self, utilisation: f64, model_watts: f64, measured: f64) {
         let prior = self.estimator.calibrate(model_watts);
-        match self.estimator.update(model_watts, measured) {
+        let before = self.state();
+        match self.estimator.update(utilisation, model_watts, measured) {
             Ok(()) => {
-                let before = self.state();
                 self.samples += 1;
-                let point = (utilisation.clamp(0.0, 1.0) * 100.0).round() as usize;
-                self.levels[point] += 1;
                 if self.recent_errors.len() == MAPE_WINDOW {
                     self.recent_errors.pop_front();
                 }
@@ -497,7 +466,7 @@ impl Fit {
                         gain = self.estimator.gain(),
                         offset_watts = self.estimator.offset_watts(),
                         samples = self.samples,
-                        levels = ?excited_levels(&self.levels),
+                        levels = ?excited_levels(&self.estimator),
                         "calibration state changed"
                     );
                 }
@@ -533,32 +502,54 @@ impl Fit {
                 model_name: self.identity.model_name.clone(),
                 model_version: self.identity.model_version.clone(),
                 scale_watts: self.identity.scale_watts,
-                theta: self.estimator.theta(),
-                covariance: self.estimator.covariance(),
                 samples: self.samples,
-                level_samples: self.levels.clone(),
+                bins: self.estimator.bins().iter().map(StoredBin::from).collect(),
                 saved_at_unix_seconds: store::unix_seconds(SystemTime::now()),
             },
         }
     }
 }
 
-/// Centres of the utilisation levels (points) that have [`SAMPLES_PER_LEVEL`] samples within
-/// ±[`LEVEL_HALF_WIDTH`], at least [`LEVEL_SPACING`] apart, lowest first. Greedy from the
-/// bottom, which finds the most such levels there are.
-pub fn excited_levels(levels: &[u64]) -> Vec<usize> {
+/// The calibration state the estimator's bins stand for (module docs).
+pub fn state_of(estimator: &Estimator) -> State {
+    if estimator.bins().iter().all(|b| b.samples == 0) {
+        State::Uncalibrated
+    } else if excited_levels(estimator).len() >= LEVELS_NEEDED {
+        State::Calibrated
+    } else {
+        State::Calibrating
+    }
+}
+
+/// Samples that make a bin a known level: [`SAMPLES_PER_LEVEL`], or N if that is smaller (a full
+/// bin always counts).
+pub fn level_threshold(estimator: &Estimator) -> u64 {
+    SAMPLES_PER_LEVEL.min(estimator.memory_samples())
+}
+
+/// Centres (utilisation points) of the known levels ([`level_threshold`]) at least
+/// [`LEVEL_SPACING`] apart, lowest first. Greedy from the bottom, which finds the most such
+/// levels there are.
+pub fn excited_levels(estimator: &Estimator) -> Vec<usize> {
+    let threshold = level_threshold(estimator);
     let mut found: Vec<usize> = Vec::new();
-    for centre in 0..levels.len() {
-        if found.last().is_some_and(|&l| centre < l + LEVEL_SPACING) {
-            continue;
-        }
-        let lo = centre.saturating_sub(LEVEL_HALF_WIDTH);
-        let hi = (centre + LEVEL_HALF_WIDTH).min(levels.len() - 1);
-        if levels[lo..=hi].iter().sum::<u64>() >= SAMPLES_PER_LEVEL {
+    for (k, bin) in estimator.bins().iter().enumerate() {
+        let centre = bin_centre_percent(k);
+        if bin.samples >= threshold && found.last().is_none_or(|&l| centre >= l + LEVEL_SPACING) {
             found.push(centre);
         }
     }
     found
+}
+
+/// Known levels ([`level_threshold`]), however close together: `wattwise_calibration_levels`.
+pub fn known_levels(estimator: &Estimator) -> usize {
+    let threshold = level_threshold(estimator);
+    estimator
+        .bins()
+        .iter()
+        .filter(|b| b.samples >= threshold)
+        .count()
 }
 
 #[cfg(test)]
@@ -566,6 +557,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
+    use crate::model::calibration::{Bin, BINS};
     use crate::sensors::bmc::RoleReading;
 
     const S: f64 = 300.0;
@@ -736,16 +728,26 @@ mod tests {
         assert_eq!(c.status().state, State::Uncalibrated);
         hold(&mut c, 0.0, 61, &mut t);
         assert_eq!(c.status().state, State::Calibrating);
+        assert_eq!(c.status().levels, 1);
         hold(&mut c, 0.4, 61, &mut t);
         assert_eq!(c.status().state, State::Calibrating, "two levels");
-        hold(&mut c, 0.8, 60, &mut t);
-        assert_eq!(c.status().state, State::Calibrating, "59 samples at 80 %");
+        hold(&mut c, 0.8, 30, &mut t);
+        assert_eq!(c.status().state, State::Calibrating, "29 samples at 80 %");
         hold(&mut c, 0.8, 1, &mut t);
+        assert_eq!(c.status().state, State::Calibrated);
+        assert_eq!(c.status().levels, 3);
+        hold(&mut c, 0.8, 30, &mut t);
         let status = c.status();
-        assert_eq!(status.state, State::Calibrated);
-        // The golden vector of model::calibration, fed through the agent's sampling (one cycle
-        // per level gives no sample: the step).
-        assert!((status.gain - 0.942).abs() < 0.005, "{status:?}");
+        // The golden vector of model::calibration (60 samples at each level), fed through the
+        // agent's sampling (one cycle per level gives no sample: the step).
+        assert!(
+            (status.gain - 0.950_494_079_114_688_5).abs() < 1e-12,
+            "{status:?}"
+        );
+        assert!(
+            (status.offset_watts - (-17.726_057_478_180_344)).abs() < 1e-9,
+            "{status:?}"
+        );
         let calibrated = c.apply(curve()).unwrap();
         for (i, w) in calibrated.points().iter().enumerate() {
             let u = i as f64 / 100.0;
@@ -761,29 +763,56 @@ mod tests {
             let model_error = (model(u) - meter(u)).abs();
             assert!(calibrated_error < model_error / 2.0, "u={u}");
         }
-        // The a-priori MAPE over the last 60 samples (all at 80 %, where the fit has settled).
+        // The a-priori MAPE over the last 60 samples, all at 80 %: each scored before it updated
+        // the fit, so the first ones there carry the error of a fit that had not seen 80 % yet.
         let mape = status.mape_percent.unwrap();
-        assert!(mape > 0.0 && mape < 2.0, "{mape}");
+        assert!(mape > 0.0 && mape < 3.0, "{mape}");
+    }
+
+    /// An estimator with `samples[k]` samples in bin k (N = 300 unless `memory` says).
+    fn with_bins(samples: &[(usize, u64)], memory: u64) -> Estimator {
+        let mut bins = [Bin::default(); BINS];
+        for &(k, n) in samples {
+            bins[k] = Bin {
+                samples: n,
+                model: 0.5,
+                measured: 0.5,
+            };
+        }
+        Estimator::restore(S, memory, bins).unwrap()
     }
 
     #[test]
     fn excited_levels_need_enough_samples_and_spacing() {
-        let mut levels = vec![0u64; LEVEL_BINS];
-        levels[40] = 59;
-        assert!(excited_levels(&levels).is_empty());
-        levels[41] = 1;
-        assert_eq!(excited_levels(&levels), vec![39], "a ±2-point window");
-        levels[45] = 60;
+        let e = |samples: &[(usize, u64)]| with_bins(samples, 300);
+        assert_eq!(state_of(&e(&[])), State::Uncalibrated);
+        assert!(excited_levels(&e(&[(8, 29)])).is_empty());
+        assert_eq!(state_of(&e(&[(8, 29)])), State::Calibrating);
+        assert_eq!(excited_levels(&e(&[(8, 30)])), vec![40]);
+        let two = e(&[(8, 30), (9, 300)]);
         assert_eq!(
-            excited_levels(&levels).len(),
-            1,
+            excited_levels(&two),
+            vec![40],
             "5 points apart is one level"
         );
-        levels[52] = 60;
-        levels[0] = 60;
-        assert_eq!(excited_levels(&levels), vec![0, 39, 50]);
-        levels[100] = 60;
-        assert_eq!(excited_levels(&levels), vec![0, 39, 50, 98]);
+        assert_eq!(known_levels(&two), 2, "though both are known");
+        let three = e(&[(0, 30), (8, 30), (9, 300), (10, 30)]);
+        assert_eq!(excited_levels(&three), vec![0, 40, 50]);
+        assert_eq!(state_of(&three), State::Calibrated);
+        let four = e(&[(0, 30), (8, 30), (9, 300), (10, 30), (20, 30)]);
+        assert_eq!(excited_levels(&four), vec![0, 40, 50, 100]);
+        // Four neighbouring levels (45–60 %) hold no spaced triple; a fifth (65 %) does.
+        let close = e(&[(9, 30), (10, 30), (11, 30), (12, 30)]);
+        assert_eq!(excited_levels(&close), vec![45, 55]);
+        assert_eq!(state_of(&close), State::Calibrating);
+        let five = e(&[(9, 30), (10, 30), (11, 30), (12, 30), (13, 30)]);
+        assert_eq!(excited_levels(&five), vec![45, 55, 65]);
+        assert_eq!(state_of(&five), State::Calibrated);
+        // With N below 30 a full bin is a known level.
+        let short = with_bins(&[(0, 20), (8, 20), (16, 19)], 20);
+        assert_eq!(excited_levels(&short), vec![0, 40]);
+        let short = with_bins(&[(0, 20), (8, 20), (16, 20)], 20);
+        assert_eq!(state_of(&short), State::Calibrated);
     }
 
     #[test]
@@ -809,11 +838,25 @@ mod tests {
         let (a, b) = (c.status(), restored.status());
         assert_eq!(b.state, State::Calibrated);
         assert_eq!(
-            (a.gain, a.offset_watts, a.uncertainty),
-            (b.gain, b.offset_watts, b.uncertainty)
+            (a.gain, a.offset_watts, a.levels),
+            (b.gain, b.offset_watts, b.levels)
         );
         assert_eq!(b.mape_percent, None, "no measurement yet in this life");
         assert_eq!(c.apply(curve()).unwrap(), restored.apply(curve()).unwrap());
+
+        // A lowered calibration.memory_samples clamps the counts instead of rejecting the file.
+        let lowered = CalibrationConfig {
+            memory_samples: 50,
+            ..cfg.clone()
+        };
+        let restored = Calibrator::start(&lowered, identity("n"), true);
+        let status = restored.status();
+        assert_eq!((status.state, status.levels), (State::Calibrated, 3));
+        assert!(
+            !store::rejected_path(&cfg.state_path).exists(),
+            "not set aside"
+        );
+        assert!((status.gain - a.gain).abs() < 0.01, "{status:?} vs {a:?}");
     }
 
     #[test]
@@ -835,9 +878,10 @@ mod tests {
 
         // Not JSON at all, and JSON with values no fit can have.
         let mut broken: serde_json::Value = serde_json::from_str(&written).unwrap();
-        broken["theta"] = serde_json::json!([9.0, 0.0]);
+        assert_eq!(broken["bins"][8]["n"], 9, "10 cycles at 40 %: 9 samples");
+        broken["bins"][8]["measured"] = serde_json::json!(-0.5);
         let mut miscounted: serde_json::Value = serde_json::from_str(&written).unwrap();
-        miscounted["samples"] = 11.into();
+        miscounted["samples"] = 8.into();
         for text in [
             "\u{0}\u{1}garbage".to_string(),
             broken.to_string(),

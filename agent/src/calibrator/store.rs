@@ -6,9 +6,14 @@
 //! naturally per node, and it is lost when the node is reimaged, which is right: the hardware
 //! behind the meter may have changed.
 //!
-//! A file that cannot be used (unreadable, not this format, or learnt for another node, model or
-//! scale) is never fatal and never silently overwritten: it is renamed to `<name>.rejected`, a
-//! warning names the file and the problem, and the fit starts fresh.
+//! A file that cannot be used (unreadable, not this format, learnt for another node, model or
+//! scale, or holding values no fit can have) is never fatal and never silently overwritten: it is
+//! renamed to `<name>.rejected`, a warning names the file and the problem, and the fit starts
+//! fresh.
+//!
+//! What is kept is the estimator's load levels (count and means per bin); the gain and offset are
+//! recomputed from them, to the bit, at restore. `calibration.memory_samples` is not part of the
+//! identity: when it was lowered since the file was written, the counts are clamped to it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,8 +21,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// `format` of the files this agent writes and reads.
-pub const FORMAT: &str = "wattwise.calibration/v1";
+use crate::model::calibration::{Bin, Estimator, BINS};
+
+/// `format` of the files this agent writes and reads (v1, written by agents before the per-level
+/// estimator, held a recursive least-squares state and is set aside).
+pub const FORMAT: &str = "wattwise.calibration/v2";
 
 /// What a fit was learnt for: a fit only applies to the same node, model and scale S.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,16 +83,63 @@ pub struct StateFile {
     pub model_version: String,
     /// S, watts.
     pub scale_watts: f64,
-    /// θ = [a, b/S].
-    pub theta: [f64; 2],
-    /// P.
-    pub covariance: [[f64; 2]; 2],
-    /// Samples the fit has taken in its life.
+    /// Samples the fit has taken in its life (at least the bins' counts added up).
     pub samples: u64,
-    /// Samples per utilisation point 0..=100 %.
-    pub level_samples: Vec<u64>,
+    /// The estimator's load levels 0, 5, …, 100 %, lowest first.
+    pub bins: Vec<StoredBin>,
     /// When the file was written (seconds since 1970), for people reading it.
     pub saved_at_unix_seconds: u64,
+}
+
+/// One load level: [`Bin`] as written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredBin {
+    /// Samples averaged (at most `calibration.memory_samples`).
+    pub n: u64,
+    /// Mean model watts / S.
+    pub model: f64,
+    /// Mean measured watts / S.
+    pub measured: f64,
+}
+
+impl From<&Bin> for StoredBin {
+    fn from(bin: &Bin) -> Self {
+        Self {
+            n: bin.samples,
+            model: bin.model,
+            measured: bin.measured,
+        }
+    }
+}
+
+impl StateFile {
+    /// The estimator the file holds, every value checked, for bins averaging over
+    /// `memory_samples` (larger counts are clamped to it).
+    pub fn estimator(&self, memory_samples: u64) -> Result<Estimator, String> {
+        let bins: [Bin; BINS] = self
+            .bins
+            .iter()
+            .map(|b| Bin {
+                samples: b.n,
+                model: b.model,
+                measured: b.measured,
+            })
+            .collect::<Vec<_>>()
+            .try_into()
+            .map_err(|v: Vec<Bin>| format!("bins has {} entries, not {BINS}", v.len()))?;
+        let counted = self
+            .bins
+            .iter()
+            .try_fold(0u64, |sum, b| sum.checked_add(b.n));
+        if counted.is_none_or(|n| n > self.samples) {
+            return Err(format!(
+                "the bins hold {counted:?} samples, more than samples ({})",
+                self.samples
+            ));
+        }
+        Estimator::restore(self.scale_watts, memory_samples, bins).map_err(|e| e.to_string())
+    }
 }
 
 /// The outcome of reading the state file at startup.
@@ -105,18 +160,25 @@ pub fn load(path: &Path, identity: &Identity) -> Loaded {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Absent,
         Err(e) => return Loaded::Unusable(format!("cannot read it: {e}")),
     };
+    // The format first, so a file of another version says so rather than which field it lacks.
+    #[derive(Deserialize)]
+    struct Format {
+        format: String,
+    }
+    match serde_json::from_str::<Format>(&text) {
+        Ok(Format { format }) if format != FORMAT => {
+            return Loaded::Unusable(format!(
+                "format {format:?} is not {FORMAT:?} (written by another agent version)"
+            ))
+        }
+        _ => {}
+    }
     let file: StateFile = match serde_json::from_str(&text) {
         Ok(file) => file,
         Err(e) => {
             return Loaded::Unusable(format!("not a wattwise calibration state ({FORMAT}): {e}"))
         }
     };
-    if file.format != FORMAT {
-        return Loaded::Unusable(format!(
-            "format {:?} is not {FORMAT:?} (written by another agent version)",
-            file.format
-        ));
-    }
     match identity.mismatch(&file) {
         Some(why) => Loaded::Unusable(why),
         None => Loaded::Found(file),
@@ -186,12 +248,19 @@ mod tests {
             model_name: "generic".into(),
             model_version: "3".into(),
             scale_watts: 312.5,
-            theta: [0.9, 0.05],
-            covariance: [[0.01, -0.002], [-0.002, 0.004]],
             samples: 3,
-            level_samples: {
-                let mut v = vec![0; 101];
-                v[40] = 3;
+            bins: {
+                let empty = StoredBin {
+                    n: 0,
+                    model: 0.0,
+                    measured: 0.0,
+                };
+                let mut v = vec![empty; BINS];
+                v[8] = StoredBin {
+                    n: 3,
+                    model: 0.61,
+                    measured: 0.7,
+                };
                 v
             },
             saved_at_unix_seconds: 1_700_000_000,
@@ -214,7 +283,7 @@ mod tests {
         // Saving again replaces the file.
         let mut changed = file();
         changed.samples = 4;
-        changed.level_samples[41] = 1;
+        changed.bins[9].n = 1;
         save(&path, &changed).unwrap();
         assert!(matches!(load(&path, &identity()), Loaded::Found(f) if f.samples == 4));
     }
@@ -240,6 +309,14 @@ mod tests {
         let mut json = serde_json::to_value(file()).unwrap();
         json["format"] = "wattwise.calibration/v0".into();
         assert!(unusable(&json.to_string()).contains("v0"));
+        // A file of the previous agent version is named as one, not as a missing field.
+        let v1 =
+            r#"{"format": "wattwise.calibration/v1", "node_name": "node-1", "theta": [1.0, 0.0]}"#;
+        let why = unusable(v1);
+        assert!(
+            why.contains("v1") && why.contains("another agent version"),
+            "{why}"
+        );
         for (field, value) in [
             ("node_name", serde_json::json!("node-2")),
             ("model_name", serde_json::json!("other")),
@@ -254,6 +331,47 @@ mod tests {
                 "{field}: {why}"
             );
         }
+    }
+
+    #[test]
+    fn the_estimator_is_checked_and_counts_clamped_to_the_memory() {
+        let e = file().estimator(300).unwrap();
+        assert_eq!(e.bins()[8].samples, 3);
+        assert_eq!(e.bins()[8].measured, 0.7);
+        assert_eq!(file().estimator(10).unwrap().bins()[8].samples, 3);
+        let mut big = file();
+        big.bins[8].n = 500;
+        big.samples = 600;
+        assert_eq!(big.estimator(300).unwrap().bins()[8].samples, 300);
+        for (what, broken) in [
+            ("short", {
+                let mut f = file();
+                f.bins.pop();
+                f
+            }),
+            ("miscounted", {
+                let mut f = file();
+                f.samples = 2;
+                f
+            }),
+            ("overflowing", {
+                let mut f = file();
+                f.bins[0].n = u64::MAX;
+                f.bins[0].model = 0.3;
+                f.bins[0].measured = 0.3;
+                f.samples = u64::MAX;
+                f
+            }),
+            ("negative", {
+                let mut f = file();
+                f.bins[8].measured = -0.7;
+                f
+            }),
+        ] {
+            let e = broken.estimator(300);
+            assert!(e.is_err(), "{what}: {e:?}");
+        }
+        assert!(file().estimator(5).is_err(), "memory outside its range");
     }
 
     #[test]

@@ -33,8 +33,8 @@ const READ_INTERVAL_MS: u64 = 100;
 /// Load levels every node passes through before the workload arrives, as a day of ordinary load
 /// would take it, so each agent has calibrated the generic model against its BMC.
 const WARM_UP_LEVELS: [f64; 3] = [0.2, 0.5, 0.8];
-/// How long each warm-up level is held: 80 readings (calibration counts a level as known after 60).
-const WARM_UP_HOLD: Duration = Duration::from_millis(80 * READ_INTERVAL_MS);
+/// How long each warm-up level is held: 50 readings (calibration counts a level as known after 30).
+const WARM_UP_HOLD: Duration = Duration::from_millis(50 * READ_INTERVAL_MS);
 
 #[derive(Debug, Clone, Copy)]
 enum Layout {
