@@ -396,7 +396,7 @@ async fn demo() -> Result<()> {
             .as_ref()
             .and_then(|m| m.calibration_mape_percent);
         println!(
-            "  {name:7} calibrated: model vs BMC error over the last readings {}",
+            "  {name:7} calibrated; error on its last 60 readings, each scored before the fit learnt it: {}",
             mape.map_or("n/a".into(), |m| format!("{m:.1} %"))
         );
     }
