@@ -148,14 +148,15 @@ impl PowerReports for ReportsService {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::{Duration, Instant, SystemTime};
+    use std::time::{Duration, Instant};
 
     use k8s_openapi::api::core::v1::Node;
     use serde_json::json;
-    use wattwise_core::{PowerCurve, ValidatedReport};
+    use wattwise_core::PowerCurve;
 
     use super::*;
     use crate::cluster::cache::CacheSettings;
+    use crate::policy::fixtures::report;
 
     fn cache() -> ClusterCache {
         ClusterCache::new(CacheSettings {
@@ -178,39 +179,6 @@ mod tests {
         .unwrap()
     }
 
-    fn report(node: &str, seq: u64, level: Option<pb::EnergyLevel>) -> ValidatedReport {
-        wattwise_core::validate(pb::NodeReport {
-            node_name: node.into(),
-            agent_instance: "a1".into(),
-            sequence: seq,
-            observed_at: Some(SystemTime::now().into()),
-            cpu: Some(pb::CpuState {
-                capacity_millicores: 4000,
-                utilisation: 0.2,
-            }),
-            curve: Some(pb::PowerCurve {
-                watts: (0..=100).map(|i| 50.0 + i as f64).collect(),
-            }),
-            model: Some(pb::ModelInfo {
-                name: "test".into(),
-                calibration: pb::CalibrationState::Uncalibrated as i32,
-                ..Default::default()
-            }),
-            energy: level.map(|l| pb::EnergyState {
-                level: l as i32,
-                percent: match l {
-                    pb::EnergyLevel::Powerless => 5.0,
-                    pb::EnergyLevel::LowPowered => 25.0,
-                    pb::EnergyLevel::Vulnerable => 50.0,
-                    _ => 90.0,
-                },
-                source: "fixed".into(),
-            }),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
     #[test]
     fn only_reports_that_change_a_nodes_energy_level_can_help_waiting_pods() {
         let mut c = cache();
@@ -221,22 +189,29 @@ mod tests {
         c.refresh_power(now);
 
         // Grid power, no level before or after; the label already counts without a report.
-        assert!(!may_change_feasibility(&c, &report("grid", 1, None)));
-        assert!(!may_change_feasibility(&c, &report("labelled", 1, None)));
+        assert!(!may_change_feasibility(&c, &report("grid", 1, 0.2, None)));
+        assert!(!may_change_feasibility(
+            &c,
+            &report("labelled", 1, 0.2, None)
+        ));
         // A level that differs from what decisions last saw.
         let low = Some(pb::EnergyLevel::LowPowered);
-        assert!(may_change_feasibility(&c, &report("labelled", 1, low)));
-        assert!(may_change_feasibility(&c, &report("battery", 1, low)));
+        assert!(may_change_feasibility(&c, &report("labelled", 1, 0.2, low)));
+        assert!(may_change_feasibility(&c, &report("battery", 1, 0.2, low)));
         // Unknown nodes are rejected anyway; saying yes is the safe answer.
-        assert!(may_change_feasibility(&c, &report("ghost", 1, low)));
+        assert!(may_change_feasibility(&c, &report("ghost", 1, 0.2, low)));
 
         // Once the cache has the level, the same level again changes nothing …
-        c.ingest_report(&report("battery", 1, low), now).unwrap();
+        c.ingest_report(&report("battery", 1, 0.2, low), now)
+            .unwrap();
         c.refresh_power(now);
-        assert!(!may_change_feasibility(&c, &report("battery", 2, low)));
+        assert!(!may_change_feasibility(&c, &report("battery", 2, 0.2, low)));
         // … but a new one does, and so does losing it (the node falls back to no level).
         let powerless = Some(pb::EnergyLevel::Powerless);
-        assert!(may_change_feasibility(&c, &report("battery", 2, powerless)));
-        assert!(may_change_feasibility(&c, &report("battery", 2, None)));
+        assert!(may_change_feasibility(
+            &c,
+            &report("battery", 2, 0.2, powerless)
+        ));
+        assert!(may_change_feasibility(&c, &report("battery", 2, 0.2, None)));
     }
 }

@@ -604,6 +604,7 @@ fn requested_utilisation(requested: &Resources, allocatable: &Resources) -> f64 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::fixtures::report;
     use serde_json::json;
     use wattwise_proto::v1 as pb;
 
@@ -645,40 +646,6 @@ mod tests {
             "spec": spec,
             "status": {"phase": if node.is_some() { "Running" } else { "Pending" }}
         }))
-        .unwrap()
-    }
-
-    fn report(
-        node: &str,
-        seq: u64,
-        utilisation: f64,
-        level: Option<pb::EnergyLevel>,
-    ) -> ValidatedReport {
-        let now = SystemTime::now();
-        wattwise_core::validate(pb::NodeReport {
-            node_name: node.into(),
-            agent_instance: "a1".into(),
-            sequence: seq,
-            observed_at: Some(now.into()),
-            cpu: Some(pb::CpuState {
-                capacity_millicores: 4000,
-                utilisation,
-            }),
-            curve: Some(pb::PowerCurve {
-                watts: (0..=100).map(|i| 50.0 + i as f64).collect(),
-            }),
-            model: Some(pb::ModelInfo {
-                name: "test".into(),
-                calibration: pb::CalibrationState::Uncalibrated as i32,
-                ..Default::default()
-            }),
-            energy: level.map(|l| pb::EnergyState {
-                level: l as i32,
-                percent: 80.0,
-                source: "fixed".into(),
-            }),
-            ..Default::default()
-        })
         .unwrap()
     }
 

@@ -1,9 +1,11 @@
-//! Plain nodes and pods for the policy's unit tests.
+//! Plain nodes, pods and agent reports for the scheduler's unit tests.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use wattwise_core::PowerCurve;
+use wattwise_core::{PowerCurve, ValidatedReport};
+use wattwise_proto::v1 as pb;
 
 use super::types::{NodePower, NodeState, PodRequest, Resources};
 
@@ -60,4 +62,44 @@ pub fn pod(uid: &str) -> PodRequest {
         tolerations: vec![],
         host_ports: vec![],
     }
+}
+
+/// A valid agent report observed now: 4 cores at `utilisation` on a 50–150 W curve, with `level`
+/// (and a percent inside it) when given.
+pub fn report(
+    node: &str,
+    seq: u64,
+    utilisation: f64,
+    level: Option<pb::EnergyLevel>,
+) -> ValidatedReport {
+    wattwise_core::validate(pb::NodeReport {
+        node_name: node.into(),
+        agent_instance: "a1".into(),
+        sequence: seq,
+        observed_at: Some(SystemTime::now().into()),
+        cpu: Some(pb::CpuState {
+            capacity_millicores: 4000,
+            utilisation,
+        }),
+        curve: Some(pb::PowerCurve {
+            watts: (0..=100).map(|i| 50.0 + i as f64).collect(),
+        }),
+        model: Some(pb::ModelInfo {
+            name: "test".into(),
+            calibration: pb::CalibrationState::Uncalibrated as i32,
+            ..Default::default()
+        }),
+        energy: level.map(|l| pb::EnergyState {
+            level: l as i32,
+            percent: match l {
+                pb::EnergyLevel::Powerless => 5.0,
+                pb::EnergyLevel::LowPowered => 25.0,
+                pb::EnergyLevel::Vulnerable => 50.0,
+                _ => 90.0,
+            },
+            source: "fixed".into(),
+        }),
+        ..Default::default()
+    })
+    .unwrap()
 }

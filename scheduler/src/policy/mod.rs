@@ -8,7 +8,7 @@ pub mod snapshot;
 pub mod types;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 use std::collections::BTreeMap;
 use std::fmt;
