@@ -345,10 +345,17 @@ mod tests {
         assert!(pid > 0);
         assert!(!pid_alive(pid), "leader {pid} survived the unwinding drop");
         // The background `sleep` was in the same group; no live process of the group remains.
-        let members = live_group_members(pid);
+        // It is not our child, so nothing waits for it: give the kernel a moment to deliver the
+        // group's SIGKILL to it and init to reap it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut members = live_group_members(pid);
+        while !members.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            members = live_group_members(pid);
+        }
         assert!(
             members.is_empty(),
-            "process group {pid} still has {members:?}"
+            "process group {pid} still has {members:?} 2 s after the drop"
         );
     }
 
