@@ -62,6 +62,16 @@ pub fn temperature(report: &Value, role: &str, index: u64) -> Option<(f64, Strin
     })
 }
 
+/// The inlet, CPU 1 and CPU 2 temperatures (°C and sensor name), the roles every BMC layout in
+/// the tests has.
+pub fn role_temperatures(report: &Value) -> [Option<(f64, String)>; 3] {
+    [
+        temperature(report, "TEMPERATURE_ROLE_INLET", 0),
+        temperature(report, "TEMPERATURE_ROLE_CPU", 0),
+        temperature(report, "TEMPERATURE_ROLE_CPU", 1),
+    ]
+}
+
 /// The health status of sensor role `role` (e.g. `inlet`), empty when the report has none.
 pub fn role_status(report: &Value, role: &str) -> String {
     report["sensors"]

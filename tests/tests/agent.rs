@@ -11,7 +11,9 @@ use wattwise_proto::v1 as pb;
 use wattwise_testenv::agent::AgentProcess;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
-use wattwise_testenv::node_power::{get_report, role_status, temperature, wait_report};
+use wattwise_testenv::node_power::{
+    get_report, role_status, role_temperatures, temperature, wait_report,
+};
 use wattwise_testenv::onnx::write_linear_model;
 use wattwise_testenv::prometheus::Prometheus;
 use wattwise_testenv::receiver::{self, ReportReceiver};
@@ -410,19 +412,13 @@ async fn two_vendor_layouts_are_mapped_to_roles_with_dcmi_or_sdr_power() {
     )
     .await;
     assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
-        Some((22.0, "Inlet Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 0),
-        Some((48.0, "Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 1),
-        Some((51.0, "Temp".into())),
-        "{r}"
+        role_temperatures(&r),
+        [
+            Some((22.0, "Inlet Temp".into())),
+            Some((48.0, "Temp".into())),
+            Some((51.0, "Temp".into())),
+        ],
+        "inlet, CPU 1, CPU 2: {r}"
     );
     assert_eq!(
         r["measured"]["watts"].as_f64(),
@@ -439,19 +435,13 @@ async fn two_vendor_layouts_are_mapped_to_roles_with_dcmi_or_sdr_power() {
     )
     .await;
     assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
-        Some((24.0, "Ambient Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 0),
-        Some((31.0, "CPU1 Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 1),
-        Some((32.0, "CPU2 Temp".into())),
-        "{r}"
+        role_temperatures(&r),
+        [
+            Some((24.0, "Ambient Temp".into())),
+            Some((31.0, "CPU1 Temp".into())),
+            Some((32.0, "CPU2 Temp".into())),
+        ],
+        "inlet, CPU 1, CPU 2: {r}"
     );
     assert_eq!(
         r["measured"]["sensorName"], "Sys Power",

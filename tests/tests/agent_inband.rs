@@ -11,7 +11,9 @@ use serde_json::Value;
 use wattwise_testenv::bmc::{Bmc, BmcSpec};
 use wattwise_testenv::grpcurl::Grpcurl;
 use wattwise_testenv::inband::{InBandAgent, MARK_DEVICE};
-use wattwise_testenv::node_power::{get_report, poll_report, role_status, temperature};
+use wattwise_testenv::node_power::{
+    get_report, poll_report, role_status, role_temperatures, temperature,
+};
 use wattwise_testenv::onnx::write_linear_model;
 
 /// [`poll_report`] that shows the guest's console when it times out.
@@ -95,19 +97,13 @@ async fn the_agent_in_a_vm_reads_the_bmc_in_band_through_dev_ipmi0() {
     )
     .await;
     assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
-        Some((27.0, "Inlet Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 0),
-        Some((48.0, "Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 1),
-        Some((51.0, "Temp".into())),
-        "{r}"
+        role_temperatures(&r),
+        [
+            Some((27.0, "Inlet Temp".into())),
+            Some((48.0, "Temp".into())),
+            Some((51.0, "Temp".into())),
+        ],
+        "inlet, CPU 1, CPU 2: {r}"
     );
     assert_eq!(
         r["measured"]["watts"].as_f64(),
@@ -176,19 +172,13 @@ async fn the_agent_in_a_vm_reads_an_sdr_power_sensor_in_band() {
     assert_eq!(r["measured"]["sensorName"], "Sys Power", "{r}");
     assert_eq!(r["measured"]["watts"].as_f64(), Some(188.0), "{r}");
     assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_INLET", 0),
-        Some((26.0, "Ambient Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 0),
-        Some((31.0, "CPU1 Temp".into())),
-        "{r}"
-    );
-    assert_eq!(
-        temperature(&r, "TEMPERATURE_ROLE_CPU", 1),
-        Some((32.0, "CPU2 Temp".into())),
-        "{r}"
+        role_temperatures(&r),
+        [
+            Some((26.0, "Ambient Temp".into())),
+            Some((31.0, "CPU1 Temp".into())),
+            Some((32.0, "CPU2 Temp".into())),
+        ],
+        "inlet, CPU 1, CPU 2: {r}"
     );
     let text = guest.metrics_text().await.unwrap();
     for line in [
