@@ -75,13 +75,19 @@ pub async fn run(
         metrics: metrics_listener.local_addr()?,
     };
     let (latest_tx, latest_rx) = watch::channel(None);
+    let liveness = wattwise_daemon::health::Liveness::new();
     let grpc = wattwise_daemon::grpc::spawn(
         NodePowerServer::new(NodePowerService::new(latest_rx.clone())),
         grpc_listener,
     )
     .await?;
-    let http =
-        tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
+    let http = tokio::spawn(
+        axum::serve(
+            metrics_listener,
+            metrics::router(metrics.clone(), liveness.clone()),
+        )
+        .into_future(),
+    );
     let streamer = (!config.scheduler.endpoints.is_empty())
         .then(|| crate::stream::spawn(config.scheduler.clone(), latest_rx, metrics.clone()));
     info!(node = %node_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-agent serving");

@@ -1,5 +1,6 @@
-//! The metrics and health endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process
-//! answers) and `/readyz` (whatever the daemon counts as ready).
+//! The metrics and health endpoints: `/metrics` (OpenMetrics text), `/healthz` (every loop
+//! registered with the [`Liveness`] is beating) and `/readyz` (whatever the daemon counts as
+//! ready, now: readiness may be lost again).
 
 use std::sync::Arc;
 
@@ -8,12 +9,14 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-/// `encode` renders the metrics; `ready` decides `/readyz`, which answers 503 with
-/// `not_ready_reason` until then.
+use crate::health::Liveness;
+
+/// `encode` renders the metrics; `/healthz` answers 503 naming the silent loops of `liveness`;
+/// `ready` decides `/readyz`, which answers 503 with its reason while it is `Err`.
 pub fn router(
     encode: impl Fn() -> String + Send + Sync + 'static,
-    ready: impl Fn() -> bool + Send + Sync + 'static,
-    not_ready_reason: &'static str,
+    liveness: Liveness,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) -> Router {
     let encode = Arc::new(encode);
     let ready = Arc::new(ready);
@@ -33,18 +36,25 @@ pub fn router(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let health = liveness.check();
+                async move { answer(health, "ok") }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
                 let ready = ready();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, not_ready_reason).into_response()
-                    }
-                }
+                async move { answer(ready, "ready") }
             }),
         )
+}
+
+fn answer(state: Result<(), String>, ok: &'static str) -> axum::response::Response {
+    match state {
+        Ok(()) => (StatusCode::OK, ok).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`config`]: YAML configuration files whose errors name the file and the key.
 //! - [`logging`] and [`shutdown_signal`].
+//! - [`health`]: liveness of the long-running loops, for `/healthz`.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`grpc`]: a gRPC server with `grpc.health.v1` and server reflection beside the service.
 pub mod config;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod logging;
 

@@ -77,6 +77,7 @@ pub async fn run(
         grpc: grpc_listener.local_addr()?,
         metrics: metrics_listener.local_addr()?,
     };
+    let liveness = wattwise_daemon::health::Liveness::new();
     let reports = ReportsService::new(
         cache.clone(),
         queue.clone(),
@@ -85,8 +86,13 @@ pub async fn run(
     );
     let grpc =
         wattwise_daemon::grpc::spawn(PowerReportsServer::new(reports), grpc_listener).await?;
-    let http =
-        tokio::spawn(axum::serve(metrics_listener, metrics::router(metrics.clone())).into_future());
+    let http = tokio::spawn(
+        axum::serve(
+            metrics_listener,
+            metrics::router(metrics.clone(), liveness.clone()),
+        )
+        .into_future(),
+    );
 
     let synced = Arc::new(Synced::default());
     let watches = [

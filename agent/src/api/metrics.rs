@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use wattwise_core::{EnergyLevel, ValidatedReport};
+use wattwise_daemon::health::Liveness;
 use wattwise_proto::v1 as pb;
 
 use crate::calibrator::{self, Outcome, State};
@@ -482,12 +483,18 @@ fn status_name(status: pb::SensorStatus) -> &'static str {
     }
 }
 
-/// `/metrics`, `/healthz` (the process answers) and `/readyz` (a first report exists).
-pub fn router(metrics: Arc<AgentMetrics>) -> axum::Router {
+/// `/metrics`, `/healthz` (the agent's loops are beating) and `/readyz` (a first report exists).
+pub fn router(metrics: Arc<AgentMetrics>, liveness: Liveness) -> axum::Router {
     let for_metrics = metrics.clone();
     wattwise_daemon::http::router(
         move || for_metrics.encode(),
-        move || metrics.is_ready(),
-        "no report yet",
+        liveness,
+        move || {
+            if metrics.is_ready() {
+                Ok(())
+            } else {
+                Err("no report yet".into())
+            }
+        },
     )
 }

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use wattwise_daemon::health::Liveness;
 
 use crate::queue::QueueDepth;
 
@@ -231,12 +232,18 @@ impl SchedulerMetrics {
     }
 }
 
-/// `/metrics`, `/healthz` (the process answers) and `/readyz` (caches synced).
-pub fn router(metrics: Arc<SchedulerMetrics>) -> axum::Router {
+/// `/metrics`, `/healthz` (the scheduler's loops are beating) and `/readyz` (caches synced).
+pub fn router(metrics: Arc<SchedulerMetrics>, liveness: Liveness) -> axum::Router {
     let for_metrics = metrics.clone();
     wattwise_daemon::http::router(
         move || for_metrics.encode(),
-        move || metrics.is_synced(),
-        "caches not synced",
+        liveness,
+        move || {
+            if metrics.is_synced() {
+                Ok(())
+            } else {
+                Err("caches not synced".into())
+            }
+        },
     )
 }
