@@ -2,6 +2,7 @@
 pub mod api;
 pub mod calibrator;
 pub mod config;
+pub mod health;
 pub mod model;
 pub mod report;
 pub mod resident;

@@ -3,7 +3,7 @@
 //! state and sensor health.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use thiserror::Error;
 use wattwise_core::curve::{CurveError, DEFAULT_CURVE_POINTS};
@@ -21,6 +21,9 @@ pub struct EnergyReading {
     pub level: EnergyLevel,
     pub percent: f64,
     pub source: String,
+    /// When the source answered: a reading only counts while it is recent (see
+    /// [`crate::sensors::energy::EnergyExpiry`]).
+    pub read_at: Instant,
 }
 
 /// Everything a report is made of, as last read.

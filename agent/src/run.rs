@@ -20,7 +20,7 @@ use crate::report::{EnergyReading, Readings, ReportBuilder};
 use crate::sensors::bmc::BmcReadings;
 use crate::sensors::collector::BmcCollector;
 use crate::sensors::cpu::{CpuSensor, FileCpu, SysinfoCpu};
-use crate::sensors::energy::{EnergySource, EnergyTracker};
+use crate::sensors::energy::{EnergyExpiry, EnergySource, EnergyTracker};
 
 /// Addresses the agent actually listens on (ports may have been 0 in the config).
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +94,7 @@ pub async fn run(
     on_bound(bound);
 
     let mut builder = ReportBuilder::new(node_name, model, calibrator);
+    let mut energy_expiry = EnergyExpiry::new(config.energy.interval);
     let mut saving: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     let report_loop = async {
         let mut built: u32 = 0;
@@ -112,10 +113,17 @@ pub async fn run(
                 .as_ref()
                 .map_or_else(BmcReadings::none, BmcCollector::snapshot);
             metrics.observe_bmc(&bmc_readings, bmc.is_some());
+            let latest_energy = energy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let now = Instant::now();
+            metrics.set_energy_reading_age(
+                latest_energy
+                    .as_ref()
+                    .map(|e| now.saturating_duration_since(e.read_at)),
+            );
             let readings = Readings {
                 cpu,
                 bmc: bmc_readings,
-                energy: energy.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                energy: energy_expiry.current(latest_energy, now),
             };
             match builder.build(&readings, SystemTime::now()) {
                 Ok(report) => {
@@ -233,12 +241,14 @@ fn start_energy(
                         level: tracker.observe(percent),
                         percent,
                         source: source.name(),
+                        read_at: Instant::now(),
                     };
                     *writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(reading);
                 }
-                // The last good level stays in reports: a flaky meter must not flip scheduling.
+                // The last good level stays in reports until it expires: a flaky meter must not
+                // flip scheduling, a dead one must not pin it.
                 Err(e) => {
-                    warn!(error = %e, "cannot read the energy source; keeping the last level")
+                    warn!(error = %e, "cannot read the energy source; keeping the last level while it is recent")
                 }
             }
         }

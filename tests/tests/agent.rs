@@ -198,17 +198,98 @@ async fn utilisation_and_energy_changes_show_within_two_intervals() {
         lag <= Duration::from_millis(250) + two_intervals,
         "energy level seen {lag:?} after the change"
     );
+}
 
-    // A broken energy reading keeps the last level rather than dropping it.
+#[tokio::test]
+async fn an_energy_level_expires_when_its_source_stops_answering_and_returns_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let energy = dir.path().join("energy");
+    std::fs::write(&energy, "80").unwrap();
+    // Read every 2 s: a reading counts for 3 intervals, 6 s.
+    let extra = format!(
+        "energy: {{source: {{type: file, path: {}}}, interval: 2s}}\n",
+        energy.display()
+    );
+    let agent = AgentProcess::start(&setup(dir.path(), "node-x", 0.25, &extra), &[])
+        .await
+        .unwrap();
+    let grpcurl = Grpcurl::new(agent.grpc_addr()).unwrap();
+    let level = |r: &Value| r["energy"]["level"].clone();
+    wait_report(
+        &grpcurl,
+        Duration::from_secs(5),
+        "a level from the file",
+        |r| level(r) == "ENERGY_LEVEL_WELL_POWERED",
+    )
+    .await;
+
+    // A broken reading keeps the last level while it is recent: a flaky meter must not flip
+    // scheduling.
     std::fs::write(&energy, "lots").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        get_report(&grpcurl).await.unwrap()["energy"]["level"],
-        "ENERGY_LEVEL_VULNERABLE"
+        level(&get_report(&grpcurl).await.unwrap()),
+        "ENERGY_LEVEL_WELL_POWERED"
     );
     assert!(
         agent.log_tail(50).contains("\"lots\""),
         "the failure is logged with the value"
+    );
+
+    // The source is gone for good: past the max age the reports carry no level.
+    std::fs::remove_file(&energy).unwrap();
+    let gone = wait_report(&grpcurl, Duration::from_secs(15), "no level", |r| {
+        r["energy"].is_null()
+    })
+    .await;
+    assert!(gone["cpu"]["utilisation"].as_f64().is_some(), "{gone}");
+    let log = agent.log_tail(200);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("energy reading expired"))
+        .unwrap_or_else(|| panic!("no expiry warning:\n{log}"));
+    assert!(
+        warning.contains(&format!("file:{}", energy.display())) && warning.contains("age_seconds"),
+        "the warning names the source and the age: {warning}"
+    );
+    let age = agent
+        .metric("wattwise_energy_reading_age_seconds")
+        .await
+        .unwrap()
+        .expect("the age of the last reading is exported");
+    assert!(age > 6.0, "expired at age {age}");
+    for series in ["wattwise_energy_level", "wattwise_energy_percent"] {
+        assert_eq!(
+            agent.metric(series).await.unwrap(),
+            None,
+            "{series} is not exported while no reading counts"
+        );
+    }
+    // Still expired a while later: the warning came once, the level stays away.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(get_report(&grpcurl).await.unwrap()["energy"].is_null());
+    let warnings = agent
+        .log_tail(400)
+        .matches("energy reading expired")
+        .count();
+    assert_eq!(warnings, 1, "one warning per expiry");
+
+    // The file comes back: so does the level.
+    std::fs::write(&energy, "30").unwrap();
+    wait_report(&grpcurl, Duration::from_secs(10), "the level back", |r| {
+        level(r) == "ENERGY_LEVEL_LOW_POWERED"
+    })
+    .await;
+    assert!(agent.log_tail(100).contains("energy source answers again"));
+    let age = agent
+        .metric("wattwise_energy_reading_age_seconds")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(age <= 6.0, "a fresh reading, {age} s old");
+    assert_eq!(
+        agent.metric("wattwise_energy_percent").await.unwrap(),
+        Some(30.0)
     );
 }
 

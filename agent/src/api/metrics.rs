@@ -103,7 +103,9 @@ pub struct AgentMetrics {
     calibration_rejected: Family<ReasonLabel, Counter>,
     cpu_utilisation: GaugeF,
     cpu_capacity: Gauge,
-    energy_percent: GaugeF,
+    /// Label-less families so the series vanish while no energy reading counts.
+    energy_percent: Family<Vec<(String, String)>, GaugeF>,
+    energy_reading_age: Family<Vec<(String, String)>, GaugeF>,
     energy_level: Family<LevelLabel, Gauge>,
     role_status: Family<RoleStatusLabels, Gauge>,
     stream_connected: Family<EndpointLabel, Gauge>,
@@ -142,7 +144,8 @@ impl AgentMetrics {
             calibration_rejected: Family::default(),
             cpu_utilisation: GaugeF::default(),
             cpu_capacity: Gauge::default(),
-            energy_percent: GaugeF::default(),
+            energy_percent: Family::default(),
+            energy_reading_age: Family::default(),
             energy_level: Family::default(),
             role_status: Family::default(),
             stream_connected: Family::default(),
@@ -248,12 +251,17 @@ impl AgentMetrics {
         );
         registry.register(
             "wattwise_energy_percent",
-            "Stored energy of the node's battery or renewable source, 0..100",
+            "Stored energy of the node's battery or renewable source, 0..100 (absent while no reading counts)",
             m.energy_percent.clone(),
         );
         registry.register(
+            "wattwise_energy_reading_age_seconds",
+            "Age of the latest successful energy reading; past 3 energy intervals reports carry no level (absent without an energy source or before the first reading)",
+            m.energy_reading_age.clone(),
+        );
+        registry.register(
             "wattwise_energy_level",
-            "1 for the node's current energy level (after hysteresis), 0 for the others",
+            "1 for the node's current energy level (after hysteresis), 0 for the others (absent while no reading counts)",
             m.energy_level.clone(),
         );
         registry.register(
@@ -432,15 +440,35 @@ impl AgentMetrics {
             }
             None => self.model_error_watts.clear(),
         }
-        if let Some(energy) = &report.report().energy {
-            self.energy_percent.set(energy.percent);
-        }
-        if let Some(level) = report.energy_level() {
-            for l in EnergyLevel::ALL {
-                self.energy_level
-                    .get_or_create(&LevelLabel { level: l.label() })
-                    .set(i64::from(l == level));
+        match &report.report().energy {
+            Some(energy) => {
+                self.energy_percent
+                    .get_or_create(&Vec::new())
+                    .set(energy.percent);
             }
+            None => self.energy_percent.clear(),
+        }
+        match report.energy_level() {
+            Some(level) => {
+                for l in EnergyLevel::ALL {
+                    self.energy_level
+                        .get_or_create(&LevelLabel { level: l.label() })
+                        .set(i64::from(l == level));
+                }
+            }
+            None => self.energy_level.clear(),
+        }
+    }
+
+    /// Age of the latest energy reading, `None` while there is none.
+    pub fn set_energy_reading_age(&self, age: Option<std::time::Duration>) {
+        match age {
+            Some(age) => {
+                self.energy_reading_age
+                    .get_or_create(&Vec::new())
+                    .set(age.as_secs_f64());
+            }
+            None => self.energy_reading_age.clear(),
         }
     }
 

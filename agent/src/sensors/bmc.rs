@@ -2,7 +2,7 @@
 //! health. The collector (`collector.rs`) writes them; reports and metrics read them.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use wattwise_proto::v1 as pb;
 
@@ -90,6 +90,39 @@ impl BmcReadings {
             power_path: PowerPath::None,
             sensors_up: false,
             dcmi_up: false,
+        }
+    }
+
+    /// Every role's value stale after a failed read cycle (roles no sensor fills stay as they are).
+    pub fn fail_all(&mut self, reason: &str) {
+        self.sensors_up = false;
+        self.dcmi_up = false;
+        for reading in self.roles.values_mut() {
+            if matches!(
+                reading.status,
+                pb::SensorStatus::Ok | pb::SensorStatus::Stale | pb::SensorStatus::Error
+            ) {
+                reading.fail(reason.to_string());
+            }
+        }
+    }
+
+    /// Flags the readings stale when any value still marked OK is older than `max_age`: a
+    /// collector that stopped reading (a hung BMC call) must not have its last values reported
+    /// as current.
+    pub fn expire(&mut self, now: SystemTime, max_age: Duration) {
+        let oldest_ok = self
+            .roles
+            .values()
+            .filter(|r| r.status == pb::SensorStatus::Ok)
+            .filter_map(|r| now.duration_since(r.last_ok?).ok())
+            .max();
+        if let Some(age) = oldest_ok.filter(|age| *age > max_age) {
+            self.fail_all(&format!(
+                "no BMC read for {:.1}s (limit {:.1}s)",
+                age.as_secs_f64(),
+                max_age.as_secs_f64()
+            ));
         }
     }
 
@@ -192,6 +225,36 @@ mod tests {
         never.fail("timeout".into());
         assert_eq!(never.status, pb::SensorStatus::Error);
         assert_eq!(never.usable(), None);
+    }
+
+    #[test]
+    fn values_the_collector_stopped_reading_go_stale() {
+        let mut b = BmcReadings::none();
+        b.sensors_up = true;
+        b.roles.insert(
+            Role::Inlet,
+            ok(22.0, "Inlet Temp", pb::ReadingSource::SdrSensor),
+        );
+        b.roles.insert(
+            Role::Cpu(0),
+            RoleReading::unfilled(pb::SensorStatus::Missing, "no sensor found".into()),
+        );
+        let read_at = SystemTime::UNIX_EPOCH;
+        let limit = Duration::from_secs(10);
+        let mut recent = b.clone();
+        recent.expire(read_at + limit, limit);
+        assert_eq!(recent, b, "within the limit nothing changes");
+        b.expire(read_at + Duration::from_secs(11), limit);
+        let inlet = &b.roles[&Role::Inlet];
+        assert_eq!(inlet.status, pb::SensorStatus::Stale);
+        assert_eq!(inlet.usable(), Some(22.0), "stale values stay usable");
+        assert!(
+            inlet.detail.contains("no BMC read for 11.0s"),
+            "{}",
+            inlet.detail
+        );
+        assert_eq!(b.roles[&Role::Cpu(0)].status, pb::SensorStatus::Missing);
+        assert!(!b.sensors_up);
     }
 
     #[test]

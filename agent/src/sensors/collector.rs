@@ -36,7 +36,12 @@ pub enum CollectorError {
 /// Handle to the collector thread's latest readings.
 pub struct BmcCollector {
     readings: Arc<Mutex<BmcReadings>>,
+    max_age: Duration,
 }
+
+/// Requests one read cycle makes at most when the SDR is not re-read (session, SDR info, each
+/// role, DCMI), each bounded by `bmc.timeout`.
+const CYCLE_REQUESTS: u32 = 8;
 
 impl BmcCollector {
     /// Resolves the target (reading the password now, so a missing secret is a startup error) and
@@ -67,14 +72,22 @@ impl BmcCollector {
             .name("bmc-collector".into())
             .spawn(move || collector.run())
             .expect("spawning the BMC collector thread");
-        Ok(Self { readings })
+        Ok(Self {
+            readings,
+            max_age: crate::health::silence_limit(interval + config.timeout * CYCLE_REQUESTS),
+        })
     }
 
+    /// The latest readings; values the collector has not re-read for longer than a healthy
+    /// cycle allows are marked stale.
     pub fn snapshot(&self) -> BmcReadings {
-        self.readings
+        let mut readings = self
+            .readings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        readings.expire(SystemTime::now(), self.max_age);
+        readings
     }
 }
 
@@ -156,7 +169,7 @@ impl Collector {
                     if self.last_error.as_deref() != Some(&message) {
                         warn!(error = %message, "BMC read failed; reporting stale values and retrying");
                     }
-                    self.fail_all(&message);
+                    self.state.fail_all(&message);
                     self.last_error = Some(message);
                     // A broken session is rebuilt from scratch.
                     self.session = None;
@@ -326,20 +339,6 @@ impl Collector {
         };
         // The DCMI capability is asked again with the next cycle.
         self.dcmi = None;
-    }
-
-    /// Marks every role's value stale after a failed cycle.
-    fn fail_all(&mut self, reason: &str) {
-        self.state.sensors_up = false;
-        self.state.dcmi_up = false;
-        for reading in self.state.roles.values_mut() {
-            if matches!(
-                reading.status,
-                pb::SensorStatus::Ok | pb::SensorStatus::Stale | pb::SensorStatus::Error
-            ) {
-                reading.fail(reason.to_string());
-            }
-        }
     }
 
     /// DCMI measures the whole node, so it fills the power role over any SDR power sensor.

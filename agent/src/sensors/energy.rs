@@ -2,12 +2,18 @@
 //! hysteresis so a battery hovering at a boundary does not flap between levels.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use tracing::{info, warn};
 use wattwise_core::EnergyLevel;
 
 use crate::config::EnergySourceConfig;
+use crate::report::EnergyReading;
+
+/// A reading older than this many `energy.interval`s is no longer reported (the scheduler's
+/// `reports.stale_after` uses the same factor of its interval).
+pub const MAX_AGE_INTERVALS: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum EnergyError {
@@ -152,6 +158,53 @@ impl EnergyTracker {
     }
 }
 
+/// Whether the latest energy reading still counts. A source that stops answering (a removed
+/// file, a dead meter) must not leave its last level in reports forever: once the reading is older
+/// than [`MAX_AGE_INTERVALS`] intervals, reports carry no level, as for a node without a source.
+#[derive(Debug)]
+pub struct EnergyExpiry {
+    max_age: Duration,
+    expired: bool,
+}
+
+impl EnergyExpiry {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            max_age: interval * MAX_AGE_INTERVALS,
+            expired: false,
+        }
+    }
+
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// The reading to report at `now`: `None` once it is too old. Warns once when it expires
+    /// and says when a fresh one is back.
+    pub fn current(
+        &mut self,
+        reading: Option<EnergyReading>,
+        now: Instant,
+    ) -> Option<EnergyReading> {
+        let reading = reading?;
+        let age = now.saturating_duration_since(reading.read_at);
+        if age > self.max_age {
+            if !self.expired {
+                warn!(source = %reading.source, age_seconds = age.as_secs_f64(),
+                    max_age_seconds = self.max_age.as_secs_f64(),
+                    "energy reading expired; reports carry no energy level until the source answers again");
+                self.expired = true;
+            }
+            return None;
+        }
+        if self.expired {
+            info!(source = %reading.source, "energy source answers again; reports carry its level");
+            self.expired = false;
+        }
+        Some(reading)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +293,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("404"));
+    }
+
+    #[test]
+    fn a_reading_counts_until_it_is_three_intervals_old() {
+        let start = Instant::now();
+        let reading = EnergyReading {
+            level: EnergyLevel::WellPowered,
+            percent: 90.0,
+            source: "file:/run/energy".into(),
+            read_at: start,
+        };
+        let mut expiry = EnergyExpiry::new(Duration::from_secs(10));
+        assert_eq!(expiry.max_age(), Duration::from_secs(30));
+        let at = |s| start + Duration::from_secs(s);
+        assert_eq!(
+            expiry.current(Some(reading.clone()), at(30)),
+            Some(reading.clone())
+        );
+        assert_eq!(expiry.current(Some(reading.clone()), at(31)), None);
+        assert_eq!(expiry.current(Some(reading.clone()), at(3600)), None);
+        let fresh = EnergyReading {
+            read_at: at(3600),
+            ..reading
+        };
+        assert_eq!(expiry.current(Some(fresh.clone()), at(3601)), Some(fresh));
+        assert_eq!(expiry.current(None, at(3601)), None, "no source, no level");
     }
 
     #[test]
