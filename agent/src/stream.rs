@@ -124,8 +124,11 @@ async fn stream_forever(
 ) {
     let endpoint = addr.to_string();
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+    // Kept across reconnects: a replica that already has a report must not get it again.
+    let mut last_sent = None;
     loop {
-        let result = stream_once(addr, latest.clone(), &metrics, &mut backoff).await;
+        let result =
+            stream_once(addr, latest.clone(), &metrics, &mut backoff, &mut last_sent).await;
         metrics.set_stream_connected(&endpoint, false);
         match result {
             Ok(()) => info!(%endpoint, "scheduler closed the report stream"),
@@ -145,11 +148,21 @@ enum StreamError {
     Status(#[from] tonic::Status),
 }
 
+/// Whether `next` should go to a scheduler that last got `sent`. Every message on a stream is a
+/// distinct report — a newer observation with its own sequence; re-sending one would be out of
+/// order — sent when the report interval is up (`due`) or when it changed meaningfully.
+fn worth_sending(sent: Option<&ValidatedReport>, next: &ValidatedReport, due: bool) -> bool {
+    sent.is_none_or(|sent| {
+        next.sequence() > sent.sequence() && (due || meaningful_change(sent, next))
+    })
+}
+
 async fn stream_once(
     addr: SocketAddr,
     mut latest: LatestReport,
     metrics: &AgentMetrics,
     backoff: &mut Backoff,
+    last_sent: &mut Option<Arc<ValidatedReport>>,
 ) -> Result<(), StreamError> {
     let endpoint = addr.to_string();
     let channel = Endpoint::from_shared(format!("http://{addr}"))
@@ -161,17 +174,24 @@ async fn stream_once(
     let mut client = PowerReportsClient::new(channel);
     // Capacity 1: if the scheduler is not reading, the next send replaces nothing and waits.
     let (outbound, rx) = mpsc::channel(1);
-    let mut last_sent: Option<Arc<ValidatedReport>> = latest.borrow_and_update().clone();
-    if let Some(report) = &last_sent {
-        let _ = outbound.try_send(report.report().clone());
+    let mut interval = DEFAULT_REPORT_INTERVAL;
+    // A new stream wants a report at once: the newest now, or else the next one built.
+    let mut next_due = Instant::now();
+    if let Some(report) = latest.borrow_and_update().clone() {
+        if worth_sending(last_sent.as_deref(), &report, true)
+            && outbound.try_send(report.report().clone()).is_ok()
+        {
+            *last_sent = Some(report);
+            next_due += interval;
+        }
     }
     let mut acks = client
         .stream_reports(ReceiverStream::new(rx))
         .await?
         .into_inner();
     metrics.set_stream_connected(&endpoint, true);
-    let mut interval = DEFAULT_REPORT_INTERVAL;
-    let mut next_due = Instant::now() + interval;
+    // Set when the interval was up with nothing newer to send: the next report goes at once.
+    let mut overdue = false;
     loop {
         tokio::select! {
             changed = latest.changed() => {
@@ -180,23 +200,29 @@ async fn stream_once(
                 }
                 let Some(report) = latest.borrow_and_update().clone() else { continue };
                 let due = Instant::now() >= next_due;
-                let changed = last_sent.as_ref().is_none_or(|sent| meaningful_change(sent, &report));
-                if (due || changed) && outbound.try_send(report.report().clone()).is_ok() {
-                    last_sent = Some(report);
+                if worth_sending(last_sent.as_deref(), &report, due)
+                    && outbound.try_send(report.report().clone()).is_ok()
+                {
+                    *last_sent = Some(report);
                     next_due = Instant::now() + interval;
+                    overdue = false;
                 }
             }
-            _ = sleep_until(next_due) => {
+            _ = sleep_until(next_due), if !overdue => {
                 // Nothing was sent for a whole interval: send the newest report (fresh readings
-                // and observed_at, even if nothing changed meaningfully), or repeat the last one
-                // when the report loop is stuck, so the scheduler knows this agent is alive.
-                let newest = latest.borrow_and_update().clone().or_else(|| last_sent.clone());
-                if let Some(report) = newest {
-                    if outbound.try_send(report.report().clone()).is_ok() {
-                        last_sent = Some(report);
+                // and observed_at, even if nothing changed meaningfully). When there is none
+                // newer than the last sent (the report loop is slower than the interval, or
+                // stuck), wait for the next one rather than repeat an old observation.
+                let newest = latest.borrow_and_update().clone();
+                match newest {
+                    Some(report) if worth_sending(last_sent.as_deref(), &report, true)
+                        && outbound.try_send(report.report().clone()).is_ok() =>
+                    {
+                        *last_sent = Some(report);
+                        next_due = Instant::now() + interval;
                     }
+                    _ => overdue = true,
                 }
-                next_due = Instant::now() + interval;
             }
             ack = acks.message() => {
                 let Some(ack) = ack? else { return Ok(()) };
@@ -221,6 +247,68 @@ async fn stream_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wattwise_proto::v1 as pb;
+
+    fn report(sequence: u64, utilisation: f64) -> ValidatedReport {
+        wattwise_core::validate(pb::NodeReport {
+            node_name: "node-1".into(),
+            agent_instance: "a1".into(),
+            sequence,
+            observed_at: Some(prost_types::Timestamp {
+                seconds: 1_790_000_000 + sequence as i64,
+                nanos: 0,
+            }),
+            cpu: Some(pb::CpuState {
+                capacity_millicores: 4000,
+                utilisation,
+            }),
+            curve: Some(pb::PowerCurve {
+                watts: vec![100.0, 200.0],
+            }),
+            model: Some(pb::ModelInfo {
+                name: "generic".into(),
+                version: "1".into(),
+                calibration: pb::CalibrationState::Uncalibrated as i32,
+                calibration_mape_percent: None,
+            }),
+            measured: Some(pb::PowerMeasurement {
+                source: pb::ReadingSource::None as i32,
+                watts: 0.0,
+                sensor_name: String::new(),
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_newer_reports_are_sent_when_due_or_changed() {
+        let sent = report(7, 0.3);
+        assert!(
+            worth_sending(None, &sent, false),
+            "a first report goes at once"
+        );
+        let same_again = report(7, 0.3);
+        assert!(
+            !worth_sending(Some(&sent), &same_again, true),
+            "never the same sequence twice, even when due"
+        );
+        let steady = report(8, 0.3);
+        assert!(!worth_sending(Some(&sent), &steady, false));
+        assert!(
+            worth_sending(Some(&sent), &steady, true),
+            "due: the newest observation"
+        );
+        let moved = report(8, 0.5);
+        assert!(
+            worth_sending(Some(&sent), &moved, false),
+            "a meaningful change"
+        );
+        assert!(
+            !worth_sending(Some(&sent), &report(6, 0.9), true),
+            "never an older one"
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {

@@ -1,3 +1,5 @@
+//! The agent's report streams, against real receivers and the real scheduler.
+//!
 //! A scheduler endpoint whose name resolves to several addresses (a headless Service lists every
 //! replica) gets one report stream per address, and losing one replica does not stop the others.
 //!
@@ -14,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use wattwise_proto::v1 as pb;
 use wattwise_testenv::agent::{AgentProcess, Launch};
+use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::onnx::write_linear_model;
 use wattwise_testenv::receiver::{next_report, ReportReceiver};
+use wattwise_testenv::scheduler::{SchedulerProcess, TEST_CONFIG};
 
 const NAME: &str = "scheduler.wattwise.test";
 const REPLICA_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -152,4 +156,82 @@ async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_ot
             r.sequence
         );
     }
+}
+
+/// An agent whose readings do not change still sends the scheduler a report every interval the
+/// ack asks for, each a new report (its own sequence, the newest observation): none is rejected
+/// as out of order. The agent builds a report every 500 ms and the scheduler asks for one every
+/// 200 ms, so each interval ends before a newer report exists — where a re-sent old one would be
+/// rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_agent_sends_the_real_scheduler_only_new_reports() {
+    let plane = ControlPlane::start().await.unwrap();
+    plane
+        .create_ready_node(&FakeNode::new("node-steady"))
+        .await
+        .unwrap();
+    let config = TEST_CONFIG.replace("reports: {interval: 1s}", "reports: {interval: 200ms}");
+    assert_ne!(config, TEST_CONFIG, "the test config sets reports.interval");
+    let mut scheduler = SchedulerProcess::spawn(&plane, "replica-a", &config).unwrap();
+    scheduler.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    write_linear_model(&model, 80.0, 280.0, 0.0).unwrap();
+    std::fs::write(dir.path().join("util"), "0.3").unwrap();
+    let yaml = format!(
+        "node_name: node-steady\ninterval: 500ms\n\
+         model: {{path: {model}}}\n\
+         cpu: {{source: file, file: {util}, capacity_millicores: 8000}}\n\
+         scheduler: {{endpoints: [\"{addr}\"], backoff_min: 100ms, backoff_max: 1s}}\n",
+        model = model.display(),
+        util = dir.path().join("util").display(),
+        addr = scheduler.grpc_addr(),
+    );
+    let agent = AgentProcess::start(&yaml, &[]).await.unwrap();
+
+    let accepted = r#"wattwise_scheduler_reports_total{reason="accepted"}"#;
+    let out_of_order = r#"wattwise_scheduler_reports_total{reason="out_of_order"}"#;
+    let count = |series: &'static str| {
+        let scheduler = &scheduler;
+        async move { scheduler.metric(series).await.unwrap().unwrap_or(0.0) }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while count(accepted).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no report accepted:\n{}",
+            scheduler.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = count(accepted).await;
+    // Nothing changes for 4 s: 20 report intervals, 8 reports built.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = count(accepted).await;
+    assert!(
+        later - first >= 5.0,
+        "the steady agent kept reporting: {first} then {later} accepted"
+    );
+    assert_eq!(
+        count(out_of_order).await,
+        0.0,
+        "scheduler log:\n{}",
+        scheduler.log_tail(40)
+    );
+    let agent_log = agent.log_tail(300);
+    assert!(
+        !agent_log.contains("scheduler rejected a report"),
+        "{agent_log}"
+    );
+    assert!(
+        !scheduler.log_tail(300).contains("report rejected"),
+        "{}",
+        scheduler.log_tail(40)
+    );
+    let rejected = format!(
+        "wattwise_report_acks_total{{endpoint=\"{}\",result=\"rejected\"}}",
+        scheduler.grpc_addr()
+    );
+    assert_eq!(agent.metric(&rejected).await.unwrap(), None);
 }
