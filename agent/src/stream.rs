@@ -73,15 +73,20 @@ pub fn spawn(
             let resolved = resolve_all(&config.endpoints).await;
             // A failed resolution keeps the streams we have: DNS hiccups must not drop reports.
             if let Some(addresses) = resolved {
-                streams.retain(|addr, task| {
-                    let keep = addresses.contains(addr);
-                    if !keep {
-                        info!(endpoint = %addr, "scheduler address gone; closing its stream");
+                let gone: Vec<SocketAddr> = streams
+                    .keys()
+                    .filter(|addr| !addresses.contains(addr))
+                    .copied()
+                    .collect();
+                for addr in gone {
+                    info!(endpoint = %addr, "scheduler address gone; closing its stream");
+                    if let Some(task) = streams.remove(&addr) {
                         task.abort();
-                        metrics.set_stream_connected(&addr.to_string(), false);
+                        // Once it has ended, the task cannot re-create the series dropped next.
+                        let _ = task.await;
                     }
-                    keep
-                });
+                    metrics.forget_endpoint(&addr.to_string());
+                }
                 for addr in addresses {
                     streams.entry(addr).or_insert_with(|| {
                         info!(endpoint = %addr, "streaming reports to scheduler");

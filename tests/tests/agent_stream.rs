@@ -158,6 +158,96 @@ async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_ot
     }
 }
 
+/// A replica whose address the name no longer resolves to (a rescheduled scheduler pod gets a
+/// new IP) loses its stream and every metric series of its address; the other keeps both.
+#[tokio::test]
+async fn an_address_the_name_drops_leaves_the_metrics() {
+    let (listener_a, listener_b) = same_port_on_both().await;
+    let port = listener_a.local_addr().unwrap().port();
+    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let _replica_a = ReportReceiver::serve(listener_a, true, tx_a).unwrap();
+    let _replica_b = ReportReceiver::serve(listener_b, true, tx_b).unwrap();
+    let addr_a = SocketAddr::new(IpAddr::V4(REPLICA_A), port);
+    let addr_b = SocketAddr::new(IpAddr::V4(REPLICA_B), port);
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    write_linear_model(&model, 80.0, 280.0, 0.0).unwrap();
+    std::fs::write(dir.path().join("util"), "0.3").unwrap();
+    let yaml = format!(
+        "node_name: node-moved\ninterval: 250ms\n\
+         model: {{path: {model}}}\n\
+         cpu: {{source: file, file: {util}, capacity_millicores: 8000}}\n\
+         scheduler: {{endpoints: [\"{NAME}:{port}\"], resolve_interval: 300ms, backoff_min: 100ms, backoff_max: 1s}}\n",
+        model = model.display(),
+        util = dir.path().join("util").display(),
+    );
+    let both = format!("127.0.0.1 localhost\n{REPLICA_A} {NAME}\n{REPLICA_B} {NAME}\n");
+    let launch = Launch {
+        hosts: Some(both),
+        ..Launch::default()
+    };
+    let agent = AgentProcess::start_with(&yaml, &[], &launch).await.unwrap();
+    next_report(&mut rx_a, Duration::from_secs(15))
+        .await
+        .unwrap();
+    next_report(&mut rx_b, Duration::from_secs(15))
+        .await
+        .unwrap();
+    wait_gauge(&agent, addr_a, 1.0).await;
+    wait_gauge(&agent, addr_b, 1.0).await;
+    let series_of = |text: &str, addr: SocketAddr| {
+        let label = format!("endpoint=\"{addr}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let text = agent.metrics_text().await.unwrap();
+    assert!(
+        series_of(&text, addr_a)
+            .iter()
+            .any(|l| l.starts_with("wattwise_report_acks_total")),
+        "acks from A are counted:\n{text}"
+    );
+
+    // The name now resolves to B only. The agent's /etc/hosts is a bind mount of this file, so
+    // rewriting it in place is what the agent's resolver reads next.
+    std::fs::write(
+        agent.dir().join("hosts"),
+        format!("127.0.0.1 localhost\n{REPLICA_B} {NAME}\n"),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = agent.metrics_text().await.unwrap();
+        if series_of(&text, addr_a).is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "series of {addr_a} still exported:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = agent.log_tail(300);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("scheduler address gone") && l.contains(&addr_a.to_string())),
+        "{log}"
+    );
+    // B keeps its stream and its series; A hears nothing more.
+    let after = next_reports(&mut rx_b, 2).await;
+    assert!(after[0].sequence < after[1].sequence);
+    let text = agent.metrics_text().await.unwrap();
+    assert_eq!(endpoint_gauge(&text, addr_b), Some(1.0), "{text}");
+    assert!(series_of(&text, addr_a).is_empty(), "{text}");
+    while rx_a.try_recv().is_ok() {}
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(rx_a.try_recv().is_err(), "A still receives reports");
+}
+
 /// An agent whose readings do not change still sends the scheduler a report every interval the
 /// ack asks for, each a new report (its own sequence, the newest observation): none is rejected
 /// as out of order. The agent builds a report every 500 ms and the scheduler asks for one every

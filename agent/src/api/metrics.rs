@@ -484,9 +484,31 @@ impl AgentMetrics {
         self.acks
             .get_or_create(&AckLabels {
                 endpoint: endpoint.to_string(),
-                result: if accepted { "accepted" } else { "rejected" },
+                result: ack_result(accepted),
             })
             .inc();
+    }
+
+    /// Drops the series of a scheduler address no longer streamed to: replicas come and go with
+    /// new pod IPs, and their series must not pile up.
+    pub fn forget_endpoint(&self, endpoint: &str) {
+        self.stream_connected.remove(&EndpointLabel {
+            endpoint: endpoint.to_string(),
+        });
+        for accepted in [true, false] {
+            self.acks.remove(&AckLabels {
+                endpoint: endpoint.to_string(),
+                result: ack_result(accepted),
+            });
+        }
+    }
+}
+
+fn ack_result(accepted: bool) -> &'static str {
+    if accepted {
+        "accepted"
+    } else {
+        "rejected"
     }
 }
 
