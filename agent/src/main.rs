@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -87,8 +88,11 @@ impl Cli {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// How long the exit waits for blocking reads still running (a sysfs or FIFO read hung in the
+/// kernel never finishes; the runtime would otherwise wait for it forever).
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
+fn main() -> Result<()> {
     let cli = Cli::parse();
     wattwise_daemon::logging::init(&cli.log_format);
     let check_only = cli.check_config;
@@ -97,13 +101,18 @@ async fn main() -> Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    wattwise_agent::run::run(
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(wattwise_agent::run::run(
         config,
         std::path::Path::new("/sys"),
         |_| {},
         wattwise_daemon::shutdown_signal(),
-    )
-    .await
+    ));
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    outcome
 }
 
 #[cfg(test)]

@@ -9,17 +9,19 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use wattwise_daemon::health::Liveness;
 use wattwise_proto::v1::node_power_server::NodePowerServer;
 
 use crate::api::grpc::NodePowerService;
 use crate::api::metrics::{self, AgentMetrics};
 use crate::calibrator::{Calibrator, Identity};
 use crate::config::{AgentConfig, BmcMode, CpuSource};
+use crate::health::{silence_limit, Reporting};
 use crate::model::{NodeScale, PowerModel};
 use crate::report::{EnergyReading, Readings, ReportBuilder};
 use crate::sensors::bmc::BmcReadings;
 use crate::sensors::collector::BmcCollector;
-use crate::sensors::cpu::{CpuSensor, FileCpu, SysinfoCpu};
+use crate::sensors::cpu::{CpuError, CpuSample, CpuSensor, FileCpu, SysinfoCpu};
 use crate::sensors::energy::{EnergyExpiry, EnergySource, EnergyTracker};
 
 /// Addresses the agent actually listens on (ports may have been 0 in the config).
@@ -57,14 +59,16 @@ pub async fn run(
         Identity::of(&node_name, &model),
         config.bmc.mode != BmcMode::None,
     );
+    let liveness = Liveness::new();
     let mut cpu = cpu_sensor(&config)?;
-    let energy = start_energy(&config, sys_root)?;
+    let energy = start_energy(&config, sys_root, &liveness)?;
     let bmc = match config.bmc.mode {
         BmcMode::None => None,
         _ => Some(BmcCollector::spawn(
             &config.bmc,
             config.interval,
             metrics.clone(),
+            &liveness,
         )?),
     };
 
@@ -75,7 +79,7 @@ pub async fn run(
         metrics: metrics_listener.local_addr()?,
     };
     let (latest_tx, latest_rx) = watch::channel(None);
-    let liveness = wattwise_daemon::health::Liveness::new();
+    let reporting = Arc::new(Reporting::new(config.interval));
     let grpc = wattwise_daemon::grpc::spawn(
         NodePowerServer::new(NodePowerService::new(latest_rx.clone())),
         grpc_listener,
@@ -84,7 +88,7 @@ pub async fn run(
     let http = tokio::spawn(
         axum::serve(
             metrics_listener,
-            metrics::router(metrics.clone(), liveness.clone()),
+            metrics::router(metrics.clone(), liveness.clone(), reporting.clone()),
         )
         .into_future(),
     );
@@ -96,16 +100,22 @@ pub async fn run(
     let mut builder = ReportBuilder::new(node_name, model, calibrator);
     let mut energy_expiry = EnergyExpiry::new(config.energy.interval);
     let mut saving: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+    // Beats once per tick, before the CPU read: a read hung in the kernel silences it.
+    let heartbeat = liveness.register("report loop", silence_limit(config.interval));
     let report_loop = async {
         let mut built: u32 = 0;
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let cpu = match cpu.sample() {
+            heartbeat.beat();
+            let sample;
+            (cpu, sample) = sample_cpu(cpu).await?;
+            let cpu = match sample {
                 Ok(sample) => sample,
                 Err(e) => {
                     warn!(error = %e, "cannot read CPU utilisation; skipping this report");
+                    reporting.failed(format!("cannot read CPU utilisation: {e}"));
                     continue;
                 }
             };
@@ -134,13 +144,16 @@ pub async fn run(
                         builder.uncalibrated_watts(),
                     );
                     latest_tx.send_replace(Some(Arc::new(report)));
-                    metrics.mark_ready();
+                    reporting.produced(Instant::now());
                     built = built.saturating_add(1);
                     if built == WARM_AFTER_REPORTS {
                         release_startup_pages();
                     }
                 }
-                Err(e) => warn!(error = %e, "cannot build a report"),
+                Err(e) => {
+                    warn!(error = %e, "cannot build a report");
+                    reporting.failed(format!("cannot build a report: {e}"));
+                }
             }
             // The state file is synced to disk: off the async workers, one write at a time.
             if let Some(done) = saving.take_if(|s| s.is_finished()) {
@@ -154,7 +167,7 @@ pub async fn run(
         }
     };
     let outcome = tokio::select! {
-        _ = report_loop => Ok(()),
+        r = report_loop => r,
         _ = shutdown => {
             info!("shutting down");
             Ok(())
@@ -178,6 +191,19 @@ pub async fn run(
         }
     }
     outcome
+}
+
+/// One CPU sample, read off the async workers: a read can block (a hung sysfs or FIFO read) and
+/// must stall only the report loop, whose heartbeat then goes silent, never a runtime worker.
+async fn sample_cpu(
+    mut sensor: Box<dyn CpuSensor>,
+) -> Result<(Box<dyn CpuSensor>, Result<CpuSample, CpuError>)> {
+    tokio::task::spawn_blocking(move || {
+        let sample = sensor.sample();
+        (sensor, sample)
+    })
+    .await
+    .context("the CPU sensor failed")
 }
 
 /// A state-file write's result, a writer that panicked being an error like any other.
@@ -218,6 +244,7 @@ fn cpu_sensor(config: &AgentConfig) -> Result<Box<dyn CpuSensor>> {
 fn start_energy(
     config: &AgentConfig,
     sys_root: &Path,
+    liveness: &Liveness,
 ) -> Result<Arc<Mutex<Option<EnergyReading>>>> {
     let latest = Arc::new(Mutex::new(None));
     let Some(source) =
@@ -230,11 +257,15 @@ fn start_energy(
         config.energy.interval,
         config.energy.hysteresis_percent,
     );
+    // A cycle waits one interval and reads for at most another (the HTTP timeout); a file read
+    // hung in the kernel silences the heartbeat.
+    let heartbeat = liveness.register("energy source", silence_limit(interval * 2));
     tokio::spawn(async move {
         let mut tracker = EnergyTracker::new(band);
         let mut ticker = tokio::time::interval(interval);
         loop {
             ticker.tick().await;
+            heartbeat.beat();
             match source.read_percent().await {
                 Ok(percent) => {
                     let reading = EnergyReading {

@@ -688,3 +688,96 @@ async fn a_bmc_crash_makes_values_stale_and_its_return_recovers_them() {
         .unwrap()
         .contains("ipmi_up{collector=\"ipmi\"} 1"));
 }
+
+/// `/healthz` and `/readyz` as the kubelet polls them: (status, body).
+async fn probe(agent: &AgentProcess, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}{path}", agent.metrics_addr()))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn wait_probe(agent: &AgentProcess, path: &str, status: u16, timeout: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (got, body) = probe(agent, path).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} not {status} within {timeout:?}: {got} {body}\n{}",
+            agent.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A CPU read that hangs — the utilisation file turned into a FIFO nobody writes, as a wedged
+/// sysfs read would — stops the report loop: `/readyz` reverts and `/healthz` names the loop,
+/// while the agent keeps answering. A writer unblocks the read and both recover.
+#[tokio::test]
+async fn a_hung_cpu_read_fails_healthz_naming_the_loop_and_readiness_reverts() {
+    let dir = tempfile::tempdir().unwrap();
+    let util = dir.path().join("util");
+    // 250 ms interval: the report loop may be silent for 3 × 0.25 + 5 s.
+    let agent = AgentProcess::start(&setup(dir.path(), "node-w", 0.3, ""), &[])
+        .await
+        .unwrap();
+    assert_eq!(probe(&agent, "/healthz").await, (200, "ok".into()));
+    assert_eq!(probe(&agent, "/readyz").await, (200, "ready".into()));
+
+    std::fs::remove_file(&util).unwrap();
+    let fifo = std::ffi::CString::new(util.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let hung_at = tokio::time::Instant::now();
+    let not_ready = wait_probe(&agent, "/readyz", 503, Duration::from_secs(10)).await;
+    assert!(
+        not_ready.starts_with("no report for") && not_ready.contains("one is due every 250ms"),
+        "{not_ready}"
+    );
+    let wedged = wait_probe(&agent, "/healthz", 503, Duration::from_secs(20)).await;
+    assert!(
+        wedged.contains("report loop silent for") && !wedged.contains("BMC"),
+        "{wedged}"
+    );
+    assert!(
+        hung_at.elapsed() >= Duration::from_secs(5),
+        "healthz failed before the loop's limit: {wedged}"
+    );
+    // Still serving meanwhile: the hung read holds no runtime worker.
+    let grpcurl = Grpcurl::new(agent.grpc_addr()).unwrap();
+    assert_eq!(
+        get_report(&grpcurl).await.unwrap()["cpu"]["utilisation"],
+        0.3
+    );
+    agent.metrics_text().await.unwrap();
+
+    // A writer comes: the blocked read returns 0.6, and later reads find a plain file again.
+    let writer_path = util.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&writer_path)
+            .unwrap();
+        let plain = writer_path.with_extension("new");
+        std::fs::write(&plain, "0.6").unwrap();
+        std::fs::rename(&plain, &writer_path).unwrap();
+        fifo.write_all(b"0.6").unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("the agent is blocked reading the FIFO, so opening it to write returns")
+        .unwrap();
+    wait_probe(&agent, "/healthz", 200, Duration::from_secs(10)).await;
+    wait_probe(&agent, "/readyz", 200, Duration::from_secs(10)).await;
+    wait_report(
+        &grpcurl,
+        Duration::from_secs(5),
+        "utilisation after the hang",
+        |r| r["cpu"]["utilisation"].as_f64() == Some(0.6),
+    )
+    .await;
+}

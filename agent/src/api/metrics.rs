@@ -1,7 +1,7 @@
 //! Prometheus metrics: ipmi_exporter-compatible names where the meaning matches (so existing
 //! dashboards keep working), `wattwise_*` for the rest; served with `/healthz` and `/readyz`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +16,7 @@ use wattwise_daemon::health::Liveness;
 use wattwise_proto::v1 as pb;
 
 use crate::calibrator::{self, Outcome, State};
+use crate::health::Reporting;
 use crate::model::ModelInfo;
 use crate::sensors::bmc::{BmcReadings, PowerPath};
 use crate::sensors::roles::Role;
@@ -112,7 +113,6 @@ pub struct AgentMetrics {
     acks: Family<AckLabels, Counter>,
     read_duration: Family<CollectorLabel, Histogram>,
     reports: Counter,
-    ready: AtomicBool,
 }
 
 fn read_duration_histogram() -> Histogram {
@@ -152,7 +152,6 @@ impl AgentMetrics {
             acks: Family::default(),
             read_duration: Family::new_with_constructor(read_duration_histogram),
             reports: Counter::default(),
-            ready: AtomicBool::new(false),
         };
         registry.register(
             "ipmi_up",
@@ -301,14 +300,6 @@ impl AgentMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-
-    pub fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn observe_read_duration(&self, collector: &'static str, seconds: f64) {
@@ -533,18 +524,16 @@ fn status_name(status: pb::SensorStatus) -> &'static str {
     }
 }
 
-/// `/metrics`, `/healthz` (the agent's loops are beating) and `/readyz` (a first report exists).
-pub fn router(metrics: Arc<AgentMetrics>, liveness: Liveness) -> axum::Router {
-    let for_metrics = metrics.clone();
+/// `/metrics`, `/healthz` (the agent's loops are beating) and `/readyz` (reports are being
+/// produced).
+pub fn router(
+    metrics: Arc<AgentMetrics>,
+    liveness: Liveness,
+    reporting: Arc<Reporting>,
+) -> axum::Router {
     wattwise_daemon::http::router(
-        move || for_metrics.encode(),
+        move || metrics.encode(),
         liveness,
-        move || {
-            if metrics.is_ready() {
-                Ok(())
-            } else {
-                Err("no report yet".into())
-            }
-        },
+        move || reporting.check(std::time::Instant::now()),
     )
 }

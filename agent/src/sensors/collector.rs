@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 use tracing::{info, warn};
+use wattwise_daemon::health::{Heartbeat, Liveness};
 use wattwise_ipmi::{
     Bmc, IpmiError, SdrRepositoryInfo, Secret, SensorReading, SensorRecord, Target,
 };
@@ -18,6 +19,7 @@ use super::bmc::{BmcReadings, PowerPath, RoleReading};
 use super::roles::{assign_roles, Assignment, Role, RoleMap, SdrSensor};
 use crate::api::metrics::AgentMetrics;
 use crate::config::{BmcConfig, BmcMode};
+use crate::health::silence_limit;
 use crate::stream::Backoff;
 
 #[derive(Debug, Error)]
@@ -43,6 +45,10 @@ pub struct BmcCollector {
 /// role, DCMI), each bounded by `bmc.timeout`.
 const CYCLE_REQUESTS: u32 = 8;
 
+/// Retry delays after a failed cycle (doubling, jittered).
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 impl BmcCollector {
     /// Resolves the target (reading the password now, so a missing secret is a startup error) and
     /// starts the collector thread.
@@ -50,8 +56,10 @@ impl BmcCollector {
         config: &BmcConfig,
         interval: Duration,
         metrics: Arc<AgentMetrics>,
+        liveness: &Liveness,
     ) -> Result<Self, CollectorError> {
         let target = target(config)?;
+        let cycle_work = config.timeout * CYCLE_REQUESTS;
         let readings = Arc::new(Mutex::new(BmcReadings::none()));
         let mut collector = Collector {
             target,
@@ -65,8 +73,13 @@ impl BmcCollector {
             state: BmcReadings::none(),
             published: readings.clone(),
             metrics,
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
             last_error: None,
+            // A cycle reads, then waits an interval, or up to RETRY_MAX after a failure.
+            heartbeat: liveness.register(
+                "BMC collector",
+                silence_limit(interval.max(RETRY_MAX) + cycle_work),
+            ),
         };
         std::thread::Builder::new()
             .name("bmc-collector".into())
@@ -74,7 +87,7 @@ impl BmcCollector {
             .expect("spawning the BMC collector thread");
         Ok(Self {
             readings,
-            max_age: crate::health::silence_limit(interval + config.timeout * CYCLE_REQUESTS),
+            max_age: silence_limit(interval + cycle_work),
         })
     }
 
@@ -150,11 +163,14 @@ struct Collector {
     metrics: Arc<AgentMetrics>,
     backoff: Backoff,
     last_error: Option<String>,
+    heartbeat: Heartbeat,
 }
 
 impl Collector {
     fn run(&mut self) {
         loop {
+            // Once per cycle, before the reads: a BMC call that never returns silences it.
+            self.heartbeat.beat();
             let started = Instant::now();
             let wait = match self.cycle() {
                 Ok(()) => {
