@@ -224,11 +224,20 @@ pub async fn run(
     info!(%identity, scheduler_name = %config.scheduler_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-scheduler serving");
     on_bound(bound);
 
+    let [mut node_watch_task, mut pod_watch_task] = watches;
+    let (mut decide, mut gauges) = (decide, gauges);
+    // The loops end only with the process. One that ended anyway (a panic) took its heartbeat
+    // with it, so /healthz cannot name it: stop, and be restarted like a wedged one.
     tokio::select! {
         _ = shutdown => info!("shutting down"),
         r = grpc => r?.context("gRPC server stopped")?,
         r = http => r?.context("metrics server stopped")?,
+        r = &mut decide => return Err(loop_ended("decision loop", r)),
+        r = &mut gauges => return Err(loop_ended("gauges", r)),
+        r = &mut node_watch_task => return Err(loop_ended("node watch", r)),
+        r = &mut pod_watch_task => return Err(loop_ended("pod watch", r)),
     }
+    let watches = [node_watch_task, pod_watch_task];
     decide.abort();
     gauges.abort();
     for w in watches {
@@ -240,4 +249,11 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     Ok(())
+}
+
+fn loop_ended(name: &str, r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
+    match r {
+        Err(e) if e.is_panic() => anyhow::anyhow!("{name} panicked; stopping"),
+        _ => anyhow::anyhow!("{name} ended; stopping"),
+    }
 }

@@ -319,7 +319,17 @@ health: {max_silence: 3s}
         Ok(probe(&scheduler, "/healthz").await? == (200, "ok".into()))
     })
     .await?;
-    wait_until("/readyz ready again", Duration::from_secs(60), || async {
+    // A node event shows the node watch back in sync (binds show the pod watch); the watcher
+    // may first sit out its backoff (up to 30 s) from the failures while frozen.
+    let patch = json!({"metadata": {"labels": {"touched": "after-thaw"}}});
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .patch(
+            "a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    wait_until("/readyz ready again", Duration::from_secs(90), || async {
         Ok(probe(&scheduler, "/readyz").await?.0 == 200)
     })
     .await?;
