@@ -155,6 +155,7 @@ async fn a_hung_apiserver_makes_the_leader_step_down_before_the_standby_leads() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (stepped_down, taken_over) = (stepped_down.unwrap(), taken_over.unwrap());
+    eprintln!("after the freeze: replica-a stepped down at {stepped_down:?}, replica-b held the Lease at {taken_over:?}");
     assert!(
         stepped_down < taken_over,
         "replica-a stepped down {stepped_down:?} after the freeze, but replica-b held the Lease at {taken_over:?}"
