@@ -250,7 +250,7 @@ reports: {interval: 1s}
 binding: {concurrency: 1, backoff_initial: 200ms, backoff_max: 2s, unschedulable_retry: 60s}
 leader_election: {enabled: false}
 api: {timeout: 60s, watch_timeout: 2s}
-health: {max_silence: 3s}
+health: {max_silence: 5s}
 ";
     let Pair {
         plane: _plane,
@@ -289,8 +289,9 @@ health: {max_silence: 3s}
     )
     .await?;
     // Still healthy after more than max_silence of waiting: an idle loop beats.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(probe(&scheduler, "/healthz").await?.0, 200);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let health = probe(&scheduler, "/healthz").await?;
+    assert_eq!(health.0, 200, "{health:?}");
 
     proxy.freeze();
     // The node gets power (the agent reaches the scheduler directly): the pods become schedulable
