@@ -29,6 +29,8 @@ pub struct SchedulerConfig {
     pub binding: BindingConfig,
     pub leader_election: LeaderElectionConfig,
     pub events: EventsConfig,
+    pub api: ApiConfig,
+    pub health: HealthConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +49,8 @@ impl Default for SchedulerConfig {
             binding: BindingConfig::default(),
             leader_election: LeaderElectionConfig::default(),
             events: EventsConfig::default(),
+            api: ApiConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -237,6 +241,59 @@ impl Default for EventsConfig {
     }
 }
 
+/// Bounds on every call to the Kubernetes API, so that a hung API server (or a connection that
+/// silently died) can neither keep a replica leading nor hold bind slots forever.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Every request other than a watch: connecting, and the longest wait for response bytes. A
+    /// bind or a Lease call still unanswered after this is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Server-side timeout of each watch request (whole seconds). The watch connection may stay
+    /// silent for at most this plus [`WATCH_SILENCE_MARGIN`]; then it is dropped and re-established.
+    #[serde(with = "humantime_serde")]
+    pub watch_timeout: Duration,
+}
+
+/// How much longer than `api.watch_timeout` a watch connection may stay silent: the server ends a
+/// watch at its timeout, so a longer silence means the connection is dead.
+pub const WATCH_SILENCE_MARGIN: Duration = Duration::from_secs(5);
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            watch_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Longest silence of a watch connection (the watch client's read timeout).
+    pub fn watch_silence(&self) -> Duration {
+        self.watch_timeout + WATCH_SILENCE_MARGIN
+    }
+}
+
+/// What `/healthz` and `/readyz` hold the scheduler's loops to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The decision loop, leader election and the gauges must show progress (or idle) at least
+    /// this often, else `/healthz` fails naming them.
+    #[serde(with = "humantime_serde")]
+    pub max_silence: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            max_silence: Duration::from_secs(60),
+        }
+    }
+}
+
 impl SchedulerConfig {
     /// Reads and parses a YAML file (no validation: call `validate` after overrides).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -335,6 +392,34 @@ impl SchedulerConfig {
                 ));
             }
         }
+        let a = &self.api;
+        if a.timeout < Duration::from_millis(100) || a.timeout > Duration::from_secs(600) {
+            return Err(invalid("api.timeout", "must be between 100ms and 10m"));
+        }
+        if a.watch_timeout < Duration::from_secs(1)
+            || a.watch_timeout > Duration::from_secs(3600)
+            || a.watch_timeout.subsec_nanos() != 0
+        {
+            return Err(invalid(
+                "api.watch_timeout",
+                "must be whole seconds between 1s and 1h",
+            ));
+        }
+        let h = &self.health;
+        // An election round (an attempt, bounded by renew_deadline, and the wait before the next)
+        // must fit in the bound.
+        let round = if l.enabled {
+            l.retry_period + l.renew_deadline
+        } else {
+            Duration::ZERO
+        };
+        if h.max_silence < Duration::from_secs(2) || h.max_silence <= round {
+            return Err(invalid(
+                "health.max_silence",
+                "must be at least 2s and longer than leader_election.retry_period plus \
+                 leader_election.renew_deadline",
+            ));
+        }
         let e = &self.events;
         if !e.per_second.is_finite() || e.per_second <= 0.0 || e.burst == 0 {
             return Err(invalid(
@@ -389,6 +474,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("reports.default_idle_watts"));
+    }
+
+    #[test]
+    fn api_and_health_bounds_are_validated_by_name() {
+        for (yaml, key) in [
+            ("api: {timeout: 0s}\n", "api.timeout"),
+            ("api: {watch_timeout: 1500ms}\n", "api.watch_timeout"),
+            ("api: {watch_timeout: 2h}\n", "api.watch_timeout"),
+            ("health: {max_silence: 1s}\n", "health.max_silence"),
+            ("health: {max_silence: 5s}\n", "health.max_silence"),
+        ] {
+            let c = SchedulerConfig::from_yaml(yaml).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        let c = SchedulerConfig::from_yaml("api: {timeout: 2s, watch_timeout: 10s}\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.api.watch_silence(), Duration::from_secs(15));
     }
 
     #[test]

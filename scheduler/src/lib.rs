@@ -7,9 +7,11 @@
 //! - [`queue`]: pending pods, priority then FIFO, with backoff.
 //! - [`scheduling`]: the decision loop and binds.
 //! - [`api`]: the `PowerReports` gRPC server and Prometheus metrics.
+//! - [`health`]: whether the caches are in sync, for `/readyz`.
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod health;
 pub mod policy;
 pub mod queue;
 pub mod run;

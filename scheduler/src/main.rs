@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use wattwise_scheduler::cluster::clients::ApiClients;
 use wattwise_scheduler::config::SchedulerConfig;
 
 #[derive(Debug, Parser)]
@@ -71,8 +72,8 @@ impl Cli {
     }
 }
 
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+async fn kube_config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}", path.display()))?;
@@ -83,8 +84,7 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
         None => kube::Config::infer()
             .await
             .context("no cluster configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
 #[tokio::main]
@@ -96,6 +96,6 @@ async fn main() -> Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    let client = kube_client(cli.kubeconfig.as_ref()).await?;
-    wattwise_scheduler::run::run(config, client, |_| {}, wattwise_daemon::shutdown_signal()).await
+    let clients = ApiClients::new(kube_config(cli.kubeconfig.as_ref()).await?, &config.api)?;
+    wattwise_scheduler::run::run(config, clients, |_| {}, wattwise_daemon::shutdown_signal()).await
 }

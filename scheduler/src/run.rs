@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kube::Client;
 use tokio::sync::Semaphore;
 use tracing::info;
 use wattwise_core::PowerCurve;
@@ -16,10 +15,12 @@ use wattwise_proto::v1::power_reports_server::PowerReportsServer;
 use crate::api::metrics::{self, SchedulerMetrics};
 use crate::api::reports::ReportsService;
 use crate::cluster::cache::{CacheSettings, ClusterCache};
+use crate::cluster::clients::ApiClients;
 use crate::cluster::events::EventRecorder;
 use crate::cluster::leader::{LeaderElector, LeaseSettings};
 use crate::cluster::watch::{self, Synced};
 use crate::config::SchedulerConfig;
+use crate::health::{caches_in_sync, WatchHealth};
 use crate::policy::Filters;
 use crate::queue::{QueueSettings, SchedulingQueue};
 use crate::scheduling::DecisionLoop;
@@ -45,7 +46,7 @@ pub fn default_identity() -> String {
 /// retried, never fatal.
 pub async fn run(
     config: SchedulerConfig,
-    client: Client,
+    clients: ApiClients,
     on_bound: impl FnOnce(Bound),
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -86,10 +87,27 @@ pub async fn run(
     );
     let grpc =
         wattwise_daemon::grpc::spawn(PowerReportsServer::new(reports), grpc_listener).await?;
+    let max_silence = config.health.max_silence;
+    let node_watch = Arc::new(WatchHealth::new("node watch", &config.api));
+    let pod_watch = Arc::new(WatchHealth::new("pod watch", &config.api));
+    let ready = {
+        let (metrics, node_watch, pod_watch) =
+            (metrics.clone(), node_watch.clone(), pod_watch.clone());
+        // Down for longer than a healthy watch connection may stay silent: out of sync.
+        let max_down = config.api.watch_silence();
+        move || {
+            caches_in_sync(
+                metrics.is_synced(),
+                &[&node_watch, &pod_watch],
+                max_down,
+                std::time::Instant::now(),
+            )
+        }
+    };
     let http = tokio::spawn(
         axum::serve(
             metrics_listener,
-            metrics::router(metrics.clone(), liveness.clone()),
+            metrics::router(metrics.clone(), liveness.clone(), ready),
         )
         .into_future(),
     );
@@ -97,16 +115,18 @@ pub async fn run(
     let synced = Arc::new(Synced::default());
     let watches = [
         tokio::spawn(watch::watch_nodes(
-            client.clone(),
+            clients.watches.clone(),
             cache.clone(),
             queue.clone(),
             synced.clone(),
+            (liveness.register("node watch", max_silence), node_watch),
         )),
         tokio::spawn(watch::watch_pods(
-            client.clone(),
+            clients.watches.clone(),
             cache.clone(),
             queue.clone(),
             synced.clone(),
+            (liveness.register("pod watch", max_silence), pod_watch),
         )),
     ];
 
@@ -120,7 +140,7 @@ pub async fn run(
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
         let elector = LeaderElector::new(
-            client.clone(),
+            clients.calls.clone(),
             LeaseSettings {
                 namespace,
                 name: le.lease_name.clone(),
@@ -130,9 +150,13 @@ pub async fn run(
                 retry_period: le.retry_period,
             },
         );
-        Some(tokio::spawn(elector.run(leader_tx, async {
-            let _ = stop_election_rx.await;
-        })))
+        Some(tokio::spawn(elector.run(
+            leader_tx,
+            liveness.register("leader election", max_silence),
+            async {
+                let _ = stop_election_rx.await;
+            },
+        )))
     } else {
         let _ = leader_tx.send(true);
         // Keep the sender alive: a dropped sender would end the decision loop.
@@ -144,13 +168,13 @@ pub async fn run(
     };
 
     let decisions = Arc::new(DecisionLoop {
-        client: client.clone(),
+        client: clients.calls.clone(),
         cache: cache.clone(),
         queue: queue.clone(),
         filters: Arc::new(Filters::standard(config.policy.lowest_energy_level)),
         score: config.policy.score_config(),
         events: EventRecorder::new(
-            client.clone(),
+            clients.calls.clone(),
             &config.scheduler_name,
             &identity,
             &config.events,
@@ -158,13 +182,16 @@ pub async fn run(
         ),
         metrics: metrics.clone(),
         bind_slots: Arc::new(Semaphore::new(config.binding.concurrency)),
+        bind_timeout: config.api.timeout,
     });
     let gauges = {
         let (queue, metrics, cache) = (queue.clone(), metrics.clone(), cache.clone());
         let mut leader = leader_rx.clone();
+        let heartbeat = liveness.register("gauges", max_silence);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
+                heartbeat.beat();
                 // Leadership shows at once; the rest once a second.
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -183,23 +210,34 @@ pub async fn run(
     let decide = {
         let synced = synced.clone();
         let metrics = metrics.clone();
+        let heartbeat = liveness.register("decisions", max_silence);
         tokio::spawn(async move {
             // Deciding on a partial list could overfill nodes whose pods are not listed yet.
             while !synced.all() {
+                heartbeat.beat();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             metrics.set_synced();
-            decisions.run(leader_rx).await;
+            decisions.run(leader_rx, heartbeat).await;
         })
     };
     info!(%identity, scheduler_name = %config.scheduler_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-scheduler serving");
     on_bound(bound);
 
+    let [mut node_watch_task, mut pod_watch_task] = watches;
+    let (mut decide, mut gauges) = (decide, gauges);
+    // The loops end only with the process. One that ended anyway (a panic) took its heartbeat
+    // with it, so /healthz cannot name it: stop, and be restarted like a wedged one.
     tokio::select! {
         _ = shutdown => info!("shutting down"),
         r = grpc => r?.context("gRPC server stopped")?,
         r = http => r?.context("metrics server stopped")?,
+        r = &mut decide => return Err(loop_ended("decision loop", r)),
+        r = &mut gauges => return Err(loop_ended("gauges", r)),
+        r = &mut node_watch_task => return Err(loop_ended("node watch", r)),
+        r = &mut pod_watch_task => return Err(loop_ended("pod watch", r)),
     }
+    let watches = [node_watch_task, pod_watch_task];
     decide.abort();
     gauges.abort();
     for w in watches {
@@ -211,4 +249,11 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     Ok(())
+}
+
+fn loop_ended(name: &str, r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
+    match r {
+        Err(e) if e.is_panic() => anyhow::anyhow!("{name} panicked; stopping"),
+        _ => anyhow::anyhow!("{name} ended; stopping"),
+    }
 }

@@ -3,7 +3,7 @@
 //! serial (each sees the previous one's assumption); binds run concurrently up to a limit.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -12,6 +12,7 @@ use kube::Client;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 use wattwise_core::EnergyLevel;
+use wattwise_daemon::health::Heartbeat;
 
 use crate::api::metrics::{AttemptResult, SchedulerMetrics};
 use crate::cluster::cache::ClusterCache;
@@ -28,7 +29,12 @@ pub struct DecisionLoop {
     pub events: EventRecorder,
     pub metrics: Arc<SchedulerMetrics>,
     pub bind_slots: Arc<Semaphore>,
+    /// A bind still unanswered after this is abandoned: its slot is freed and the pod retried.
+    pub bind_timeout: Duration,
 }
+
+/// How often an idle decision loop beats.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 
 /// What a bind task needs.
 struct Placement {
@@ -40,20 +46,30 @@ struct Placement {
 }
 
 impl DecisionLoop {
-    /// Runs until the process ends; decides only while `leader` is true.
-    pub async fn run(self: Arc<Self>, mut leader: watch::Receiver<bool>) {
+    /// Runs until the process ends; decides only while `leader` is true. Beats `heartbeat` while
+    /// idle and after each decision, but not while it waits for a bind slot with a pod in hand:
+    /// a loop stuck there (or on the cache lock) is wedged.
+    pub async fn run(self: Arc<Self>, mut leader: watch::Receiver<bool>, heartbeat: Heartbeat) {
+        let mut idle = tokio::time::interval(IDLE_BEAT);
         loop {
-            if leader.wait_for(|l| *l).await.is_err() {
-                return;
+            heartbeat.beat();
+            if !*leader.borrow_and_update() {
+                tokio::select! {
+                    changed = leader.changed() => if changed.is_err() { return },
+                    _ = idle.tick() => {}
+                }
+                continue;
             }
             let popped = tokio::select! {
                 p = self.queue.pop() => p,
-                _ = leader.changed() => continue,
+                changed = leader.changed() => if changed.is_err() { return } else { continue },
+                _ = idle.tick() => continue,
             };
             // A bind slot first, so that no more pods are assumed than can be bound.
             let Ok(permit) = self.bind_slots.clone().acquire_owned().await else {
                 return;
             };
+            // A replica that stepped down while waiting starts no bind.
             if !*leader.borrow() {
                 self.queue.release(&popped.key);
                 continue;
@@ -122,16 +138,12 @@ impl DecisionLoop {
                 ..Default::default()
             },
         };
-        let result = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace)
-            .create_subresource::<_, serde_json::Value>(
-                "binding",
-                &pod.name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await;
-        match result {
-            Ok(_) => {
+        let api = Api::<Pod>::namespaced(self.client.clone(), &pod.namespace);
+        let params = PostParams::default();
+        let call =
+            api.create_subresource::<_, serde_json::Value>("binding", &pod.name, &params, &binding);
+        match tokio::time::timeout(self.bind_timeout, call).await {
+            Ok(Ok(_)) => {
                 self.queue.remove(&p.popped.key);
                 let watts = p.decision.marginal.watts;
                 self.metrics.attempt(AttemptResult::Scheduled);
@@ -157,7 +169,7 @@ impl DecisionLoop {
             }
             // Already bound (another replica, a previous attempt) or gone: the watch knows
             // where it went; nothing to retry.
-            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+            Ok(Err(kube::Error::Api(e))) if e.code == 409 || e.code == 404 => {
                 warn!(pod = %p.popped.key, node = %p.node, code = e.code, reason = %e.message, "bind refused; dropping the pod from the queue");
                 self.metrics.bind_error(if e.code == 409 {
                     "conflict"
@@ -173,8 +185,13 @@ impl DecisionLoop {
                         .delete_pod(&pod.namespace, &pod.name);
                 }
             }
-            Err(e) => {
-                warn!(pod = %p.popped.key, node = %p.node, error = %e, "bind failed; retrying with backoff");
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within api.timeout ({:?})", self.bind_timeout),
+                };
+                // Un-assumed like any failure: if the bind did land, the watch shows the pod bound.
+                warn!(pod = %p.popped.key, node = %p.node, %error, "bind failed; retrying with backoff");
                 self.metrics.bind_error("error");
                 self.metrics.attempt(AttemptResult::Error);
                 self.cache.lock().unwrap_or_else(|e| e.into_inner()).forget(

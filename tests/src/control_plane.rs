@@ -251,6 +251,21 @@ impl ControlPlane {
         Ok(Client::try_from(config)?)
     }
 
+    /// Writes an admin kubeconfig for the API server reached at `addr` on 127.0.0.1 (a proxy in
+    /// front of it; the serving certificate is for 127.0.0.1) into `path`.
+    pub fn write_admin_kubeconfig_via(
+        &self,
+        path: &Path,
+        addr: std::net::SocketAddr,
+    ) -> Result<()> {
+        write_kubeconfig(path, self.dir.path(), addr.port(), "admin", ADMIN_TOKEN)
+    }
+
+    /// The API server's address.
+    pub fn apiserver_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// An admin kubeconfig, usable by kubectl.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.admin_kubeconfig

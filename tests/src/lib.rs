@@ -11,6 +11,7 @@
 //! - [`scheduler`]: the real `wattwise-scheduler` binary against a control plane.
 //! - [`specpower`]: the SPECpower results in data/specpower/ and models/held_out.csv.
 //! - [`drive`]: a fake node's utilisation file and BMC power, as the demo drives them.
+//! - [`proxy`]: a TCP proxy a test can freeze (a hung peer: connections open, no bytes).
 //! - [`served`]: a wattwise binary with generated config on free ports (agent and scheduler).
 //! - [`bench`]: what the scheduler benchmarks share (release binary, many nodes, /proc figures).
 //! - [`inband`]: the agent in a qemu guest (Debian's kernel, TCG) reading an ipmi_sim BMC in-band
@@ -26,6 +27,7 @@ pub mod node_power;
 pub mod onnx;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod receiver;
 pub mod reports;
 pub mod scheduler;

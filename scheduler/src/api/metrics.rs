@@ -232,18 +232,12 @@ impl SchedulerMetrics {
     }
 }
 
-/// `/metrics`, `/healthz` (the scheduler's loops are beating) and `/readyz` (caches synced).
-pub fn router(metrics: Arc<SchedulerMetrics>, liveness: Liveness) -> axum::Router {
-    let for_metrics = metrics.clone();
-    wattwise_daemon::http::router(
-        move || for_metrics.encode(),
-        liveness,
-        move || {
-            if metrics.is_synced() {
-                Ok(())
-            } else {
-                Err("caches not synced".into())
-            }
-        },
-    )
+/// `/metrics`, `/healthz` (the scheduler's loops are beating) and `/readyz` (`ready`: the caches
+/// are in sync).
+pub fn router(
+    metrics: Arc<SchedulerMetrics>,
+    liveness: Liveness,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) -> axum::Router {
+    wattwise_daemon::http::router(move || metrics.encode(), liveness, ready)
 }

@@ -3,6 +3,10 @@
 //! `lease_duration` by their own clock (so clock skew between replicas does not matter); a leader
 //! that cannot renew within `renew_deadline` steps down before anyone else may take over.
 //! Updates carry the Lease's resourceVersion, so two candidates can never both win.
+//!
+//! The renew deadline is a timer of its own, not a check made when a call returns: a renew that
+//! hangs (an API server that stopped answering) is abandoned when the deadline passes, and the
+//! replica stops leading then, as client-go's renew loop does with its `renew_deadline` context.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
+use wattwise_daemon::health::Heartbeat;
 
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
@@ -40,36 +45,61 @@ impl LeaderElector {
         }
     }
 
-    /// Campaigns until `shutdown` resolves, publishing leadership on `leader`; on shutdown a held
-    /// Lease is released so a standby takes over at once.
-    pub async fn run(mut self, leader: watch::Sender<bool>, shutdown: impl std::future::Future) {
+    /// Campaigns until `shutdown` resolves, publishing leadership on `leader` and beating
+    /// `heartbeat` every round; on shutdown a held Lease is released so a standby takes over at
+    /// once.
+    pub async fn run(
+        mut self,
+        leader: watch::Sender<bool>,
+        heartbeat: Heartbeat,
+        shutdown: impl std::future::Future,
+    ) {
         tokio::pin!(shutdown);
-        let mut last_renew: Option<Instant> = None;
+        let renew_deadline = self.settings.renew_deadline;
+        // While leading: when leadership ends unless a renew succeeds first. It counts from when
+        // the last successful renew was *sent*, before the server stamped it, so this replica
+        // stops before any other may take over (renew_deadline < lease_duration, and others count
+        // lease_duration from when they saw the renewed record).
+        let mut leading_until: Option<Instant> = None;
         loop {
-            let is_leader = match self.try_acquire_or_renew().await {
-                Ok(true) => {
-                    last_renew = Some(Instant::now());
+            heartbeat.beat();
+            let sent = Instant::now();
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(renew_deadline, self.try_acquire_or_renew()) => Some(r),
+                _ = expiry(leading_until) => None,
+                _ = &mut shutdown => break,
+            };
+            let still_leading = leading_until.is_some_and(|t| Instant::now() < t);
+            let is_leader = match outcome {
+                Some(Ok(Ok(true))) => {
+                    leading_until = Some(sent + renew_deadline);
                     true
                 }
-                Ok(false) => false,
-                Err(e) => {
+                Some(Ok(Ok(false))) => false,
+                Some(Ok(Err(e))) => {
                     warn!(lease = %self.settings.name, error = %e, "leader election: lease not reachable");
-                    last_renew.is_some_and(|t| t.elapsed() < self.settings.renew_deadline)
+                    still_leading
+                }
+                Some(Err(_)) => {
+                    warn!(lease = %self.settings.name, timeout = ?renew_deadline, "leader election: no answer from the API server within renew_deadline");
+                    still_leading
+                }
+                None => {
+                    warn!(lease = %self.settings.name, "renew_deadline passed while renewing; abandoning the call");
+                    false
                 }
             };
             if !is_leader {
-                last_renew = None;
+                leading_until = None;
             }
-            if *leader.borrow() != is_leader {
-                if is_leader {
-                    info!(identity = %self.settings.identity, lease = %self.settings.name, "became leader");
-                } else {
-                    info!(identity = %self.settings.identity, lease = %self.settings.name, "not the leader");
-                }
-                let _ = leader.send(is_leader);
-            }
+            self.publish(&leader, is_leader);
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.retry_period) => {}
+                _ = expiry(leading_until) => {
+                    warn!(lease = %self.settings.name, "renew_deadline passed without a successful renew");
+                    leading_until = None;
+                    self.publish(&leader, false);
+                }
                 _ = &mut shutdown => break,
             }
         }
@@ -81,6 +111,18 @@ impl LeaderElector {
                 info!("leader lease released");
             }
         }
+    }
+
+    fn publish(&self, leader: &watch::Sender<bool>, is_leader: bool) {
+        if *leader.borrow() == is_leader {
+            return;
+        }
+        if is_leader {
+            info!(identity = %self.settings.identity, lease = %self.settings.name, "became leader");
+        } else {
+            info!(identity = %self.settings.identity, lease = %self.settings.name, "not the leader");
+        }
+        let _ = leader.send(is_leader);
     }
 
     fn lease_seconds(&self) -> i32 {
@@ -179,5 +221,13 @@ impl LeaderElector {
             .replace(&self.settings.name, &PostParams::default(), &lease)
             .await
             .map(|_| ())
+    }
+}
+
+/// Resolves when leadership held until `until` ends; never when not leading.
+async fn expiry(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }

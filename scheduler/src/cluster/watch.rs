@@ -10,9 +10,36 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tracing::{info, warn};
+use wattwise_daemon::health::Heartbeat;
 
 use super::cache::{ClusterCache, PodChange};
+use crate::health::WatchHealth;
 use crate::queue::SchedulingQueue;
+
+/// How often an idle watch loop beats its heartbeat.
+const IDLE_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The next item of a watcher, beating `heartbeat` while none comes (the connection itself is
+/// bounded by the watch client) and noting each item in `health`.
+async fn next_event<T>(
+    events: &mut futures::stream::BoxStream<'_, watcher::Result<Event<T>>>,
+    heartbeat: &Heartbeat,
+    health: &WatchHealth,
+) -> Option<watcher::Result<Event<T>>> {
+    let mut idle = tokio::time::interval(IDLE_BEAT);
+    loop {
+        heartbeat.beat();
+        tokio::select! {
+            event = events.next() => {
+                if let Some(e) = &event {
+                    health.saw(e.is_ok(), std::time::Instant::now());
+                }
+                return event;
+            }
+            _ = idle.tick() => {}
+        }
+    }
+}
 
 /// Set once each watch has delivered its first full list.
 #[derive(Debug, Default)]
@@ -36,12 +63,15 @@ pub async fn watch_nodes(
     cache: Arc<Mutex<ClusterCache>>,
     queue: Arc<SchedulingQueue>,
     synced: Arc<Synced>,
+    (heartbeat, health): (Heartbeat, Arc<WatchHealth>),
 ) {
-    let config = watcher::Config::default().page_size(500);
+    let config = watcher::Config::default()
+        .page_size(500)
+        .timeout(health.watch_timeout_secs());
     let mut events = watcher::watcher(Api::<Node>::all(client), config)
         .default_backoff()
         .boxed();
-    while let Some(event) = events.next().await {
+    while let Some(event) = next_event(&mut events, &heartbeat, &health).await {
         match event {
             Ok(Event::Init) => lock(&cache).begin_node_relist(),
             Ok(Event::InitApply(node)) => lock(&cache).apply_node(&node),
@@ -75,15 +105,17 @@ pub async fn watch_pods(
     cache: Arc<Mutex<ClusterCache>>,
     queue: Arc<SchedulingQueue>,
     synced: Arc<Synced>,
+    (heartbeat, health): (Heartbeat, Arc<WatchHealth>),
 ) {
     // Finished pods hold no resources: leave them on the server.
     let config = watcher::Config::default()
         .page_size(500)
+        .timeout(health.watch_timeout_secs())
         .fields("status.phase!=Succeeded,status.phase!=Failed");
     let mut events = watcher::watcher(Api::<Pod>::all(client), config)
         .default_backoff()
         .boxed();
-    while let Some(event) = events.next().await {
+    while let Some(event) = next_event(&mut events, &heartbeat, &health).await {
         match event {
             Ok(Event::Init) => lock(&cache).begin_pod_relist(),
             Ok(Event::InitApply(pod)) => {
