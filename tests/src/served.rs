@@ -31,6 +31,47 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// Runs `binary --check-config --config <yaml written to dir/name> args…` as before deployment
+/// (no downward-API variables, no overrides from this environment): (success, stdout + stderr).
+pub fn check_config(
+    binary: &Path,
+    yaml: &str,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> Result<(bool, String)> {
+    let file = dir.join(name);
+    std::fs::write(&file, yaml)?;
+    let out = Command::new(binary)
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&file)
+        .args(args)
+        .env_remove("NODE_NAME")
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .env_remove("KUBECONFIG")
+        .env_remove("WATTWISE_AGENT_CONFIG")
+        .env_remove("WATTWISE_SCHEDULER_CONFIG")
+        .env_remove("WATTWISE_MODEL")
+        .env_remove("WATTWISE_CALIBRATION_STATE")
+        .env_remove("WATTWISE_BMC_HOST")
+        .env_remove("WATTWISE_SCHEDULER_ENDPOINTS")
+        .env_remove("WATTWISE_SCHEDULER_NAME")
+        .env_remove("WATTWISE_GRPC_LISTEN")
+        .env_remove("WATTWISE_METRICS_LISTEN")
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
 /// The `/metrics` exposition served at `addr`.
 pub async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> Result<String> {
     Ok(http

@@ -14,9 +14,10 @@ use wattwise_testenv::grpcurl::Grpcurl;
 use wattwise_testenv::node_power::{
     get_report, role_status, role_temperatures, temperature, wait_report,
 };
-use wattwise_testenv::onnx::write_linear_model;
+use wattwise_testenv::onnx::{write_garbage, write_linear_model, ModelSpec};
 use wattwise_testenv::prometheus::Prometheus;
 use wattwise_testenv::receiver::{self, ReportReceiver};
+use wattwise_testenv::served::{check_config, workspace_binary};
 
 const IDLE: f64 = 80.0;
 const PEAK: f64 = 280.0;
@@ -360,6 +361,74 @@ async fn startup_errors_name_the_problem() {
         let (code, log) = agent.wait_exit(Duration::from_secs(20)).await.unwrap();
         assert_ne!(code, 0, "exit code for {expected}");
         assert!(log.contains(&expected), "{expected:?} not named in:\n{log}");
+    }
+}
+
+/// `--check-config` loads the model the way startup does: a missing or broken model fails the
+/// check, naming the file, exactly as it stops a starting agent; a good one passes, and so does
+/// every model the agent image ships.
+#[tokio::test]
+async fn check_config_loads_the_model_as_startup_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("model.onnx");
+    let base = setup(dir.path(), "node-x", 0.1, "");
+    let agent = workspace_binary("wattwise-agent").unwrap();
+
+    let (ok, out) = check_config(&agent, &base, dir.path(), "good.yaml", &[]).unwrap();
+    assert!(ok && out.contains("configuration is valid"), "{out}");
+    assert!(out.contains(&good.display().to_string()), "{out}");
+
+    let missing = dir.path().join("absent.onnx");
+    let garbage = dir.path().join("garbage.onnx");
+    write_garbage(&garbage).unwrap();
+    let no_inputs = dir.path().join("no-inputs.onnx");
+    ModelSpec {
+        omit_keys: vec!["wattwise.inputs".into()],
+        ..ModelSpec::linear(80.0, 280.0, 0.0)
+    }
+    .write(&no_inputs)
+    .unwrap();
+    for (model, problem) in [
+        (&missing, "cannot read the file"),
+        (&garbage, "not an ONNX model"),
+        (&no_inputs, "wattwise.inputs"),
+    ] {
+        let path = model.display().to_string();
+        let yaml = base.replace(&good.display().to_string(), &path);
+        let (ok, out) = check_config(&agent, &yaml, dir.path(), "broken.yaml", &[]).unwrap();
+        assert!(!ok, "{path} passed the check: {out}");
+        assert!(!out.contains("configuration is valid"), "{out}");
+        assert!(
+            out.contains(&path) && out.contains(problem),
+            "{path}: {out}"
+        );
+        let mut started = AgentProcess::spawn(&yaml, &[]).unwrap();
+        let (code, log) = started.wait_exit(Duration::from_secs(20)).await.unwrap();
+        assert_ne!(code, 0, "{path} started");
+        assert!(
+            log.contains(&path) && log.contains(problem),
+            "{path}: {log}"
+        );
+    }
+
+    let shipped: Vec<_> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "onnx"))
+            .collect();
+    assert!(shipped.len() >= 2, "{shipped:?}");
+    for model in shipped {
+        let path = model.to_str().unwrap();
+        let (ok, out) = check_config(
+            &agent,
+            &base,
+            dir.path(),
+            "shipped.yaml",
+            &["--model", path],
+        )
+        .unwrap();
+        assert!(ok && out.contains(path), "{path}: {out}");
     }
 }
 

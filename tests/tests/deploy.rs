@@ -21,7 +21,7 @@ use serde_json::Value;
 use wattwise_core::EnergyLevel;
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::process::{free_tcp_port, require_program, wait_until, ManagedProcess};
-use wattwise_testenv::served::workspace_binary;
+use wattwise_testenv::served::{check_config, workspace_binary};
 
 const NS: &str = "wattwise";
 const DEMO_NS: &str = "wattwise-demo";
@@ -269,37 +269,6 @@ fn yaml_value<'a>(doc: &'a str, key: &str) -> Option<&'a str> {
             .and_then(|rest| rest.strip_prefix(':'))
             .map(|v| v.split(" #").next().unwrap().trim())
     })
-}
-
-/// Runs `binary --check-config --config <yaml written to a file>`: (success, stdout + stderr).
-fn check_config(binary: &Path, yaml: &str, dir: &Path, name: &str) -> Result<(bool, String)> {
-    let file = dir.join(name);
-    std::fs::write(&file, yaml)?;
-    let out = Command::new(binary)
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&file)
-        // As before deployment: no downward-API variables, no overrides.
-        .env_remove("NODE_NAME")
-        .env_remove("POD_NAME")
-        .env_remove("POD_NAMESPACE")
-        .env_remove("WATTWISE_AGENT_CONFIG")
-        .env_remove("WATTWISE_SCHEDULER_CONFIG")
-        .env_remove("WATTWISE_MODEL")
-        .env_remove("WATTWISE_SCHEDULER_ENDPOINTS")
-        .env_remove("WATTWISE_SCHEDULER_NAME")
-        .env_remove("WATTWISE_GRPC_LISTEN")
-        .env_remove("WATTWISE_METRICS_LISTEN")
-        .output()
-        .with_context(|| format!("running {}", binary.display()))?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
 }
 
 /// The agent config with its commented-out LAN `bmc:` block in place of the active one.
@@ -629,30 +598,46 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
         assert!(extra.is_empty(), "agent has rules in {ns}: {extra:?}");
     }
 
-    // The ConfigMaps' configurations, as the server stores them, pass --check-config.
+    // The ConfigMaps' configurations, as the server stores them, pass --check-config. The agent's
+    // names a model in the agent image (Dockerfile.agent copies models/*.onnx there;
+    // tests/tests/images.rs checks this configuration inside the image): here the same file
+    // comes from the repository through --model.
     let agent_bin = workspace_binary("wattwise-agent")?;
     let scheduler_bin = workspace_binary("wattwise-scheduler")?;
     let mut docs = BTreeMap::new();
-    for (workload, binary) in [(&scheduler, &scheduler_bin), (&agent, &agent_bin)] {
+    for workload in [&scheduler, &agent] {
         let (cm, key) = config_source(workload);
         let config_map = kubectl.get_json("configmap", Some(NS), &cm)?;
         let doc = config_map["data"][&key]
             .as_str()
             .with_context(|| format!("ConfigMap {cm} has no key {key}"))?
             .to_string();
-        let (ok, out) = check_config(binary, &doc, dir.path(), &key)?;
-        assert!(
-            ok && out.contains("configuration is valid"),
-            "{cm}/{key}: {out}"
-        );
         docs.insert(key, doc);
     }
     let agent_doc = &docs["agent.yaml"];
     let scheduler_doc = &docs["scheduler.yaml"];
+    let image_model = yaml_value(agent_doc.split("\nmodel:").nth(1).unwrap(), "path").unwrap();
+    let model_name = image_model
+        .strip_prefix("/usr/share/wattwise/models/")
+        .unwrap_or_else(|| {
+            panic!("model.path {image_model} is not in the image's model directory")
+        });
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(model_name);
+    assert!(model.is_file(), "{} is not shipped", model.display());
+    let model_arg = ["--model", model.to_str().unwrap()];
+    for (binary, key, args) in [
+        (&scheduler_bin, "scheduler.yaml", &[][..]),
+        (&agent_bin, "agent.yaml", &model_arg[..]),
+    ] {
+        let (ok, out) = check_config(binary, &docs[key], dir.path(), key, args)?;
+        assert!(ok && out.contains("configuration is valid"), "{key}: {out}");
+    }
 
     // The commented LAN variant is a valid configuration too.
     let lan = lan_variant(agent_doc);
-    let (ok, out) = check_config(&agent_bin, &lan, dir.path(), "agent-lan.yaml")?;
+    let (ok, out) = check_config(&agent_bin, &lan, dir.path(), "agent-lan.yaml", &model_arg)?;
     assert!(ok, "LAN variant: {out}\n{lan}");
     // … and its password file is where the Secret is mounted.
     let password_file = yaml_value(&lan, "password_file").unwrap();
@@ -677,22 +662,30 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
     );
 
     // A typo'd key fails, naming the key.
-    for (binary, doc, from, to) in [
+    for (binary, doc, args, from, to) in [
         (
             &agent_bin,
             agent_doc,
+            &model_arg[..],
             "sdr_check_interval:",
             "sdr_check_intervall:",
         ),
         (
             &scheduler_bin,
             scheduler_doc,
+            &[][..],
             "unschedulable_retry:",
             "unschedulable_retries:",
         ),
     ] {
         assert!(doc.contains(from));
-        let (ok, out) = check_config(binary, &doc.replacen(from, to, 1), dir.path(), "typo.yaml")?;
+        let (ok, out) = check_config(
+            binary,
+            &doc.replacen(from, to, 1),
+            dir.path(),
+            "typo.yaml",
+            args,
+        )?;
         let key = to.trim_end_matches(':');
         assert!(!ok, "{key} was accepted: {out}");
         assert!(out.contains(key), "the error names {key}: {out}");
