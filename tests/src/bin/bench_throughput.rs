@@ -30,8 +30,9 @@
 //! `--kube-api-qps/--kube-api-burst` raised out of the way (the comparable setting); the ratio is
 //! given against both.
 //!
-//! wattwise runs with its default configuration (binding concurrency, event rate) and leader
-//! election on, `RUST_LOG=info`, and no agent reports (every node priced with the default curve).
+//! wattwise runs with its default configuration (binding concurrency unless
+//! `--binding-concurrency` says otherwise, event rate) and leader election on, `RUST_LOG=info`,
+//! and no agent reports (every node priced with the default curve).
 //! Target (issue 5): wattwise / kube-scheduler ≥ 1.0.
 
 use std::collections::HashMap;
@@ -125,13 +126,15 @@ struct Args {
     create_concurrency: usize,
     node_concurrency: usize,
     kube_qps: QpsMode,
+    /// wattwise's `binding.concurrency`, if not its default.
+    binding_concurrency: Option<usize>,
     scheduler: Option<PathBuf>,
     allow_debug: bool,
 }
 
 const USAGE: &str = "usage: wattwise-bench-throughput [--shapes NxM,… (1000x2000,5000x10000)] \
 [--create-concurrency C (32)] [--node-concurrency C (32)] [--kube-qps default|raised|both (both)] \
-[--scheduler PATH | --release-binaries (default) | --allow-debug]";
+[--binding-concurrency N (wattwise's default)] [--scheduler PATH | --release-binaries (default) | --allow-debug]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -148,6 +151,7 @@ fn parse_args() -> Result<Args> {
         create_concurrency: 32,
         node_concurrency: 32,
         kube_qps: QpsMode::Both,
+        binding_concurrency: None,
         scheduler: None,
         allow_debug: false,
     };
@@ -173,6 +177,9 @@ fn parse_args() -> Result<Args> {
                     other => bail!("--kube-qps takes default, raised or both, not {other:?}"),
                 }
             }
+            "--binding-concurrency" => {
+                args.binding_concurrency = Some(bench::flag_value(&flag, it.next())?)
+            }
             "--scheduler" => args.scheduler = Some(bench::flag_value(&flag, it.next())?),
             // The default; accepted so that scripts can say so.
             "--release-binaries" => args.allow_debug = false,
@@ -195,7 +202,7 @@ fn parse_args() -> Result<Args> {
 #[derive(Debug, Clone)]
 enum Contender {
     Kube { mode: &'static str, qps: (u32, u32) },
-    Wattwise,
+    Wattwise { binding_concurrency: Option<usize> },
 }
 
 impl Contender {
@@ -204,28 +211,33 @@ impl Contender {
             Contender::Kube { mode, qps } => {
                 format!("kube-scheduler ({mode} QPS {}/{})", qps.0, qps.1)
             }
-            Contender::Wattwise => "wattwise-scheduler (defaults)".to_string(),
+            Contender::Wattwise {
+                binding_concurrency: None,
+            } => "wattwise-scheduler (defaults)".to_string(),
+            Contender::Wattwise {
+                binding_concurrency: Some(n),
+            } => format!("wattwise-scheduler (binding.concurrency {n})"),
         }
     }
 
     fn key(&self) -> String {
         match self {
             Contender::Kube { mode, .. } => format!("kube-{mode}"),
-            Contender::Wattwise => "wattwise".to_string(),
+            Contender::Wattwise { .. } => "wattwise".to_string(),
         }
     }
 
     fn scheduler_name(&self) -> String {
         match self {
             Contender::Kube { .. } => "default-scheduler".to_string(),
-            Contender::Wattwise => SchedulerConfig::default().scheduler_name,
+            Contender::Wattwise { .. } => SchedulerConfig::default().scheduler_name,
         }
     }
 
     fn lease(&self) -> (&'static str, &'static str) {
         match self {
             Contender::Kube { .. } => KUBE_LEASE,
-            Contender::Wattwise => WATTWISE_LEASE,
+            Contender::Wattwise { .. } => WATTWISE_LEASE,
         }
     }
 }
@@ -698,11 +710,14 @@ async fn run_phase(
                     .context("kube-scheduler did not start")?,
             }
         }
-        Contender::Wattwise => {
+        Contender::Wattwise { .. } => {
             let (lease_namespace, lease_name) = WATTWISE_LEASE;
-            let config = format!(
+            let mut config = format!(
                 "leader_election: {{enabled: true, namespace: {lease_namespace}, lease_name: {lease_name}}}\n"
             );
+            if let Some(n) = args.binding_concurrency {
+                config.push_str(&format!("binding: {{concurrency: {n}}}\n"));
+            }
             // Returns once /readyz says the caches synced.
             Running::Wattwise(bench::start_scheduler(plane, binary, "bench", &config).await?)
         }
@@ -836,12 +851,12 @@ async fn run_phase(
 
 fn print_phases(phases: &[Phase]) {
     println!(
-        "  {:<38} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6} {:>4}",
+        "  {:<44} {:>6} {:>9} {:>9} {:>9} {:>10} {:>9} {:>6} {:>4}",
         "phase", "pods", "created/s", "drain", "pods/s", "sched. CPU", "lead wait", "nodes", "max"
     );
     for p in phases {
         println!(
-            "  {:<38} {:>6} {:>9.0} {:>7.2} s {:>9.1} {:>8.2} s {:>7.2} s {:>6} {:>4}",
+            "  {:<44} {:>6} {:>9.0} {:>7.2} s {:>9.1} {:>8.2} s {:>7.2} s {:>6} {:>4}",
             p.label,
             p.pods,
             p.create_rate,
@@ -920,7 +935,9 @@ async fn run() -> Result<()> {
         .iter()
         .map(|&(mode, qps)| Contender::Kube { mode, qps })
         .collect();
-    contenders.push(Contender::Wattwise);
+    contenders.push(Contender::Wattwise {
+        binding_concurrency: args.binding_concurrency,
+    });
     let defaults = SchedulerConfig::default();
 
     println!(
@@ -938,9 +955,11 @@ async fn run() -> Result<()> {
     );
     println!("wattwise-scheduler: {binary}");
     println!(
-        "  defaults: binding.concurrency {}, events.per_second {} (burst {}); leader election on; \
+        "  binding.concurrency {}, events.per_second {} (burst {}); leader election on; \
          kube-rs client without client-side rate limit; no agent reports (default curve); RUST_LOG=info",
-        defaults.binding.concurrency, defaults.events.per_second, defaults.events.burst
+        args.binding_concurrency
+            .unwrap_or(defaults.binding.concurrency),
+        defaults.events.per_second, defaults.events.burst
     );
     println!(
         "kube-scheduler {KUBE_VERSION}: leader election on, user system:kube-scheduler; client rate \
