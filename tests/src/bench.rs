@@ -136,21 +136,21 @@ pub async fn start_scheduler(
     Ok(served)
 }
 
-/// Creates `count` Ready fake nodes (4 CPUs, 16 GiB, 110 pods) named `<prefix>-00000`, … with
-/// `concurrency` creations in flight; returns their names.
+/// Creates `count` Ready fake nodes `node(name)` (e.g. `FakeNode::new`: 4 CPUs, 16 GiB, 110 pods)
+/// named `<prefix>-00000`, … with `concurrency` creations in flight; returns their names.
 pub async fn create_nodes(
     plane: &ControlPlane,
     prefix: &str,
     count: usize,
     concurrency: usize,
+    node: fn(&str) -> FakeNode,
 ) -> Result<Vec<String>> {
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:05}")).collect();
-    futures::stream::iter(names.iter().map(|name| async move {
-        plane
-            .create_ready_node(&FakeNode::new(name))
-            .await
-            .map(drop)
-    }))
+    futures::stream::iter(
+        names
+            .iter()
+            .map(|name| async move { plane.create_ready_node(&node(name)).await.map(drop) }),
+    )
     .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>()
     .await?;

@@ -46,6 +46,16 @@ pub struct ControlPlaneOptions {
     pub kube_scheduler: bool,
 }
 
+/// How [`ControlPlane::start_kube_scheduler_with`] runs the stock kube-scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct KubeScheduler {
+    /// Campaign for the `kube-system/kube-scheduler` Lease (its default lock) before scheduling;
+    /// off, it schedules at once.
+    pub leader_elect: bool,
+    /// After the fixture's own flags, e.g. `--kube-api-qps=…` (1.20 defaults to 50 QPS, burst 100).
+    pub extra_args: Vec<String>,
+}
+
 /// A running control plane; everything stops on drop.
 pub struct ControlPlane {
     dir: tempfile::TempDir,
@@ -54,6 +64,7 @@ pub struct ControlPlane {
     scheduler: Option<ManagedProcess>,
     apiserver_args: Vec<String>,
     port: u16,
+    etcd_port: u16,
     admin_kubeconfig: PathBuf,
 }
 
@@ -134,6 +145,7 @@ impl ControlPlane {
             scheduler: None,
             apiserver_args,
             port,
+            etcd_port: etcd_client,
             admin_kubeconfig,
         };
         plane.start_apiserver().await?;
@@ -190,13 +202,14 @@ impl ControlPlane {
     }
 
     async fn start_kube_scheduler(&mut self) -> Result<()> {
-        self.start_kube_scheduler_with(&[]).await
+        self.start_kube_scheduler_with(&KubeScheduler::default())
+            .await
     }
 
-    /// Starts (or restarts) the stock kube-scheduler with `extra_args` after the fixture's own
-    /// flags (e.g. `--kube-api-qps=…`; kube-scheduler 1.20 defaults to 50 QPS, burst 100).
-    /// Its client is the `system:kube-scheduler` user.
-    pub async fn start_kube_scheduler_with(&mut self, extra_args: &[String]) -> Result<()> {
+    /// Starts (or restarts) the stock kube-scheduler as `options` say. Its client is the
+    /// `system:kube-scheduler` user. With leader election it returns once the scheduler campaigns
+    /// for its Lease (`kube-system/kube-scheduler`), which it does only after its informers synced.
+    pub async fn start_kube_scheduler_with(&mut self, options: &KubeScheduler) -> Result<()> {
         self.stop_kube_scheduler();
         let kubeconfig = self.dir.path().join("scheduler.kubeconfig");
         write_kubeconfig(
@@ -216,15 +229,40 @@ impl ControlPlane {
                 "--authorization-kubeconfig={}",
                 kubeconfig.display()
             ))
-            .arg("--leader-elect=false")
+            .arg(format!("--leader-elect={}", options.leader_elect))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_tcp_port()?))
             .arg("--port=0")
-            .args(extra_args);
+            .args(&options.extra_args);
+        // The log is appended to across restarts: only what this process writes counts.
+        let log_path = self.dir.path().join("kube-scheduler.log");
+        let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len()) as usize;
         let mut scheduler = ManagedProcess::spawn("kube-scheduler", cmd, self.dir.path())?;
-        // It has no readiness endpoint we can reach without client certs; a crash shows early.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        scheduler.ensure_running()?;
+        if options.leader_elect {
+            // client-go logs this when it starts campaigning; kube-scheduler 1.20 campaigns after
+            // its informers' caches synced.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                scheduler.ensure_running()?;
+                let log = std::fs::read(&log_path).unwrap_or_default();
+                if String::from_utf8_lossy(log.get(log_start..).unwrap_or_default())
+                    .contains("attempting to acquire leader lease")
+                {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "kube-scheduler did not campaign for its lease within 120 s; log:\n{}",
+                        scheduler.log_tail(30)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            // It has no readiness endpoint we can reach without client certs; a crash shows early.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            scheduler.ensure_running()?;
+        }
         self.scheduler = Some(scheduler);
         Ok(())
     }
@@ -239,6 +277,27 @@ impl ControlPlane {
     /// The stock kube-scheduler's process id while it runs.
     pub fn kube_scheduler_pid(&self) -> Option<u32> {
         self.scheduler.as_ref().map(ManagedProcess::pid)
+    }
+
+    /// etcd's database size and its quota (`--quota-backend-bytes`), bytes, from its metrics:
+    /// how close a large benchmark came to the point where etcd refuses writes.
+    pub async fn etcd_db_size(&self) -> Result<(u64, u64)> {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.etcd_port))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let gauge = |name: &str| -> Result<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+                .with_context(|| format!("etcd exports no {name}"))
+        };
+        Ok((
+            gauge("etcd_mvcc_db_total_size_in_bytes")?,
+            gauge("etcd_server_quota_backend_bytes")?,
+        ))
     }
 
     /// A kube-rs client with admin rights (from the generated kubeconfig, not the user's).

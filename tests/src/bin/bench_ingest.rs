@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use wattwise_proto::v1 as pb;
 use wattwise_testenv::bench::{self, Memory, SchedulerBinary, MIB};
-use wattwise_testenv::control_plane::ControlPlane;
+use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::reports::{NodePowerSpec, ReportStream};
 use wattwise_testenv::served::ServedProcess;
 
@@ -425,7 +425,14 @@ async fn run() -> Result<()> {
 
     let plane = ControlPlane::start().await?;
     let started = Instant::now();
-    let nodes = bench::create_nodes(&plane, "node", args.streams, args.node_concurrency).await?;
+    let nodes = bench::create_nodes(
+        &plane,
+        "node",
+        args.streams,
+        args.node_concurrency,
+        FakeNode::new,
+    )
+    .await?;
     println!(
         "created {} Ready nodes in {:.1} s",
         nodes.len(),
