@@ -147,9 +147,14 @@ impl DecisionLoop {
                 } else {
                     " (no fresh report: default curve)"
                 };
+                let load = if p.decision.marginal.exceeds_capacity {
+                    " (past full load)"
+                } else {
+                    ""
+                };
                 let message = format!(
-                    "assigned {} to {}: {} predicted{}, energy {}",
-                    p.popped.key, p.node, watts, freshness, energy
+                    "assigned {} to {}: {} predicted{}{}, energy {}",
+                    p.popped.key, p.node, watts, freshness, load, energy
                 );
                 info!(pod = %p.popped.key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, "bound");
                 self.events

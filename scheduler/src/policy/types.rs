@@ -174,17 +174,19 @@ pub struct NodePower {
 }
 
 impl NodePower {
-    /// Utilisation the next pod starts from: measured plus what was bound since.
+    /// Utilisation the next pod starts from: measured plus what was bound since. Not clamped
+    /// to 1: a node already past full load must price (and rank) as such.
     pub fn effective_utilisation(&self) -> f64 {
         if self.capacity_millicores == 0 {
             return 1.0;
         }
         (self.utilisation
             + self.bound_since_report_millicores as f64 / self.capacity_millicores as f64)
-            .clamp(0.0, 1.0)
+            .max(0.0)
     }
 
-    /// curve(u_eff + pod / capacity) − curve(u_eff).
+    /// The pod's marginal watts from `u_eff` ([`PowerCurve::marginal`]: the curve difference up
+    /// to full load, peak watts beyond it).
     pub fn price(&self, pod_cpu_millicores: u64) -> Marginal {
         self.curve.marginal(
             self.effective_utilisation(),
