@@ -16,6 +16,7 @@ use wattwise_proto::v1::power_reports_server::PowerReportsServer;
 use crate::api::metrics::{self, SchedulerMetrics};
 use crate::api::reports::ReportsService;
 use crate::cluster::cache::{CacheSettings, ClusterCache};
+use crate::cluster::claims::Claims;
 use crate::cluster::events::EventRecorder;
 use crate::cluster::leader::{LeaderElector, LeaseSettings};
 use crate::cluster::watch::{self, Synced};
@@ -103,6 +104,7 @@ pub async fn run(
             synced.clone(),
         )),
     ];
+    let (claims, claim_watches) = Claims::watch(client.clone(), queue.clone());
 
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let (stop_election_tx, stop_election_rx) = tokio::sync::oneshot::channel::<()>();
@@ -140,6 +142,7 @@ pub async fn run(
     let decisions = Arc::new(DecisionLoop {
         client: client.clone(),
         cache: cache.clone(),
+        claims,
         queue: queue.clone(),
         filters: Arc::new(Filters::standard(config.policy.lowest_energy_level)),
         score: config.policy.score_config(),
@@ -196,7 +199,7 @@ pub async fn run(
     }
     decide.abort();
     gauges.abort();
-    for w in watches {
+    for w in watches.into_iter().chain(claim_watches) {
         w.abort();
     }
     let _ = stop_election_tx.send(());

@@ -15,6 +15,7 @@ use wattwise_core::EnergyLevel;
 
 use crate::api::metrics::{AttemptResult, SchedulerMetrics};
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::claims::Claims;
 use crate::cluster::events::{EventKind, EventRecorder, PodRef};
 use crate::policy::{self, Decision, Filters, PodRequest, ScoreConfig};
 use crate::queue::{Popped, SchedulingQueue};
@@ -22,6 +23,7 @@ use crate::queue::{Popped, SchedulingQueue};
 pub struct DecisionLoop {
     pub client: Client,
     pub cache: Arc<Mutex<ClusterCache>>,
+    pub claims: Claims,
     pub queue: Arc<SchedulingQueue>,
     pub filters: Arc<Filters>,
     pub score: ScoreConfig,
@@ -69,6 +71,7 @@ impl DecisionLoop {
             self.queue.remove(&popped.key);
             return;
         };
+        let pod = self.claims.resolve(pod);
         let now = Instant::now();
         let summary = cache.refresh_power(now);
         self.metrics.nodes(summary.nodes, summary.stale_nodes);

@@ -569,3 +569,152 @@ async fn a_saturated_node_is_not_chosen_while_another_has_room() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_constraints_standalone_mode_does_not_evaluate_are_refused_by_name() -> Result<()>
+{
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use kube::api::{Patch, PatchParams};
+
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("a"), FakeNode::new("b")]).await?;
+    let classes = Api::<StorageClass>::all(client.clone());
+    for (name, mode) in [("local", "WaitForFirstConsumer"), ("network", "Immediate")] {
+        let class = serde_json::from_value(json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name},
+            "provisioner": "example.com/none",
+            "volumeBindingMode": mode,
+        }))?;
+        classes.create(&PostParams::default(), &class).await?;
+    }
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS);
+    for (name, class) in [("local-data", "local"), ("network-data", "network")] {
+        let claim = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "storageClassName": class,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }))?;
+        claims.create(&PostParams::default(), &claim).await?;
+    }
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+
+    let with_claim = |name: &str, claim: &str| {
+        let mut pod = pod_json(name, "100m");
+        pod["spec"]["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+        pod
+    };
+    let mut anti = pod_json("anti-affinity", "100m");
+    anti["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "web"}}}
+    ]}});
+    let mut spread = pod_json("spread", "100m");
+    spread["spec"]["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "web"}},
+    }]);
+    // Preferences are ignored, not refused: any node satisfies them.
+    let mut soft = pod_json("soft", "100m");
+    soft["spec"]["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 10, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+    ]}});
+    soft["spec"]["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+    }]);
+    for pod in [
+        anti,
+        spread,
+        with_claim("first-consumer", "local-data"),
+        with_claim("immediate", "network-data"),
+        soft,
+        pod_json("ordinary", "100m"),
+    ] {
+        create_pod(&client, pod).await?;
+    }
+
+    let placed = wait_bound(&client, 2, Duration::from_secs(20)).await?;
+    assert!(
+        placed.contains_key("ordinary") && placed.contains_key("soft"),
+        "{placed:?}"
+    );
+    let not_evaluated =
+        "which wattwise's standalone mode does not evaluate (use extender mode or the default scheduler)";
+    for (pod, expected) in [
+        (
+            "anti-affinity",
+            format!("pod has required pod anti-affinity, {not_evaluated}"),
+        ),
+        (
+            "spread",
+            format!("pod has topology spread constraints, {not_evaluated}"),
+        ),
+        (
+            "first-consumer",
+            format!(
+                "pod has PersistentVolumeClaim \"local-data\" of StorageClass \"local\" with \
+                 volumeBindingMode WaitForFirstConsumer, {not_evaluated}"
+            ),
+        ),
+        (
+            "immediate",
+            "pod has unbound immediate PersistentVolumeClaims (\"network-data\")".to_string(),
+        ),
+    ] {
+        wait_until(
+            &format!("{pod}: FailedScheduling naming the constraint"),
+            Duration::from_secs(20),
+            || async {
+                Ok(events_of(&client, pod)
+                    .await?
+                    .iter()
+                    .any(|(r, note)| r == "FailedScheduling" && *note == expected))
+            },
+        )
+        .await
+        .with_context(|| format!("{:?}", scheduler.log_tail(20)))?;
+    }
+    let unschedulable = || async {
+        Ok::<_, anyhow::Error>(
+            scheduler
+                .metric("wattwise_scheduler_schedule_attempts_total{result=\"unschedulable\"}")
+                .await?
+                .unwrap_or(0.0),
+        )
+    };
+    let refusals = unschedulable().await?;
+    assert!(refusals >= 4.0, "counted as unschedulable: {refusals}");
+
+    // The volume controller binds the immediate claim (played here by a status update): the
+    // claim event retries the pod, which is bound; the others never are.
+    claims
+        .patch_status(
+            "network-data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await?;
+    let placed = wait_bound(&client, 3, Duration::from_secs(20)).await?;
+    assert!(placed.contains_key("immediate"), "{placed:?}");
+    // The claim event retried the other three as well, and they were refused again.
+    wait_until(
+        "the others refused again",
+        Duration::from_secs(20),
+        || async { Ok(unschedulable().await? >= refusals + 3.0) },
+    )
+    .await?;
+    let placed = placements(&client).await?;
+    for refused in ["anti-affinity", "spread", "first-consumer"] {
+        assert!(
+            !placed.contains_key(refused),
+            "{refused} was bound: {placed:?}"
+        );
+    }
+    Ok(())
+}
