@@ -119,6 +119,12 @@ impl PowerCurve {
         } else {
             utilisation.clamp(0.0, 1.0)
         };
+        self.interpolate(u)
+    }
+
+    /// [`PowerCurve::watts_at`] for a `u` already in [0, 1].
+    #[inline]
+    fn interpolate(&self, u: f64) -> f64 {
         let steps = (self.watts.len() - 1) as f64;
         let x = u * steps;
         // x is in 0..=steps, so truncating is flooring (without the libm call).
@@ -128,29 +134,59 @@ impl PowerCurve {
     }
 
     /// What a pod of `pod_millicores` adds on a node of `capacity_millicores` already at
-    /// `base_utilisation`: curve(u + pod / capacity) − curve(u).
+    /// `base_utilisation`.
+    ///
+    /// The base is not clamped to full load: measured load plus pods bound since may exceed it
+    /// (NaN and negative bases count as 0). The part of `[base, base + pod / capacity]` within
+    /// `[0, 1]` costs the curve difference over it; the part beyond full load costs the curve's
+    /// peak watts per unit of utilisation (`overflow × curve(1)`): a saturated node cannot run
+    /// the extra work faster, it runs at full power for longer, so that work costs the energy of
+    /// full-load operation. A node thus never gets cheaper by being fuller than it can be; on a
+    /// node with no CPU capacity a pod is all overflow and costs +∞.
+    #[inline]
     pub fn marginal(
         &self,
         base_utilisation: f64,
         capacity_millicores: u64,
         pod_millicores: u64,
     ) -> Marginal {
-        let base = if base_utilisation.is_nan() {
+        let base = base_utilisation_of(base_utilisation);
+        let after = utilisation_after(base, capacity_millicores, pod_millicores);
+        // Both in [0, 1]: base is ≥ 0 and not NaN, and after ≥ base.
+        let within = self.interpolate(after.min(1.0)) - self.interpolate(base.min(1.0));
+        let overflow = after - base.max(1.0);
+        // The peak is read only for overflow (it is another cache line of the curve);
+        // `peak > 0` keeps an unbounded overflow on a curve of zero watts from making NaN.
+        let beyond = if overflow > 0.0 && self.peak_watts() > 0.0 {
+            overflow * self.peak_watts()
+        } else {
             0.0
-        } else {
-            base_utilisation.clamp(0.0, 1.0)
         };
-        let unclamped = if capacity_millicores == 0 {
-            f64::INFINITY
-        } else {
-            base + pod_millicores as f64 / capacity_millicores as f64
-        };
-        let after = unclamped.min(1.0);
         Marginal {
-            watts: MarginalWatts(self.watts_at(after) - self.watts_at(base)),
+            watts: MarginalWatts(within + beyond),
             utilisation_after: after,
-            exceeds_capacity: unclamped > 1.0,
+            exceeds_capacity: after > 1.0,
         }
+    }
+}
+
+/// The base a pod is priced from: NaN and negative count as idle; above 1 stays as it is.
+fn base_utilisation_of(utilisation: f64) -> f64 {
+    if utilisation > 0.0 {
+        utilisation
+    } else {
+        0.0
+    }
+}
+
+/// `base + pod / capacity`; a pod of nothing adds nothing, anything else on no capacity is +∞.
+fn utilisation_after(base: f64, capacity_millicores: u64, pod_millicores: u64) -> f64 {
+    if pod_millicores == 0 {
+        base
+    } else if capacity_millicores == 0 {
+        f64::INFINITY
+    } else {
+        base + pod_millicores as f64 / capacity_millicores as f64
     }
 }
 
@@ -168,9 +204,10 @@ impl fmt::Display for MarginalWatts {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Marginal {
     pub watts: MarginalWatts,
-    /// Utilisation after the pod, clamped to 1.
+    /// Utilisation after the pod, not clamped: above 1 the node is past full load.
     pub utilisation_after: f64,
-    /// The pod needs more CPU than the node has left; `watts` prices only up to full load.
+    /// The pod takes the node past full load (`utilisation_after > 1`); `watts` prices the
+    /// part beyond it at the curve's peak watts.
     pub exceeds_capacity: bool,
 }
 
@@ -214,16 +251,64 @@ mod tests {
     }
 
     #[test]
-    fn marginal_flags_a_pod_that_does_not_fit() {
+    fn work_beyond_full_load_costs_peak_watts_per_unit() {
         let c = PowerCurve::linear(100.0, 300.0).unwrap();
+        // From 90 % of 4 CPUs, 1 CPU: 10 points on the curve (+20 W), 15 past it at 300 W.
         let m = c.marginal(0.9, 4000, 1000);
         assert!(m.exceeds_capacity);
-        assert_eq!(m.utilisation_after, 1.0);
-        assert!((m.watts.0 - 20.0).abs() < 1e-9);
+        assert!((m.utilisation_after - 1.15).abs() < 1e-12);
+        assert!((m.watts.0 - (20.0 + 45.0)).abs() < 1e-9, "{m:?}");
+        // Already at or past full load (measured plus bound since): all of it at peak watts.
+        for base in [1.0, 1.25] {
+            let m = c.marginal(base, 4000, 1000);
+            assert!(m.exceeds_capacity);
+            assert!((m.utilisation_after - (base + 0.25)).abs() < 1e-12);
+            assert!((m.watts.0 - 75.0).abs() < 1e-9, "{base}: {m:?}");
+        }
+        // Exactly filling the node stays within the curve.
+        let full = c.marginal(0.75, 4000, 1000);
+        assert!(!full.exceeds_capacity);
+        assert!((full.watts.0 - 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fuller_node_never_gets_cheaper_once_the_pod_crosses_full_load() {
+        let c = specpower_like();
+        let price = |base: f64| c.marginal(base, 16000, 2000).watts.0;
+        // The pod is 12.5 %: from 87.5 % on it crosses full load.
+        let mut previous = price(0.875);
+        for step in 1..=100 {
+            let base = 0.875 + step as f64 * 0.005;
+            let now = price(base);
+            assert!(now >= previous - 1e-9, "{base}: {now} after {previous}");
+            previous = now;
+        }
+        // More than the same pod where it still fits near the top of the curve …
         assert!(
-            c.marginal(0.0, 0, 1).exceeds_capacity,
-            "zero capacity never fits"
+            price(1.0) > price(0.85),
+            "{} vs {}",
+            price(1.0),
+            price(0.85)
         );
+        // … but not more than on an idle node, where a concave curve is steepest: price alone
+        // cannot put saturated nodes last, so the scheduler ranks them last by class.
+        assert!(price(1.0) < price(0.0), "{} vs {}", price(1.0), price(0.0));
+    }
+
+    #[test]
+    fn odd_bases_and_capacities() {
+        let c = PowerCurve::linear(100.0, 300.0).unwrap();
+        for base in [f64::NAN, -0.5, f64::NEG_INFINITY] {
+            assert_eq!(c.marginal(base, 8000, 1000), c.marginal(0.0, 8000, 1000));
+        }
+        let none = c.marginal(0.0, 0, 1);
+        assert!(none.exceeds_capacity, "zero capacity never fits");
+        assert_eq!(none.watts.0, f64::INFINITY);
+        let nothing = c.marginal(0.5, 0, 0);
+        assert!(!nothing.exceeds_capacity, "a pod of nothing adds nothing");
+        assert_eq!(nothing.watts.0, 0.0);
+        let zero_watts = PowerCurve::new(vec![0.0, 0.0]).unwrap();
+        assert_eq!(zero_watts.marginal(0.5, 0, 1).watts.0, 0.0, "not NaN");
     }
 
     #[test]

@@ -471,6 +471,9 @@ mod tests {
             .collect();
         assert!((watts[0] - 150.0 / 16.0).abs() < 1e-9, "{watts:?}");
         assert!((watts[1] - 37.5).abs() < 1e-9, "{watts:?}");
+        // 16 CPUs from 25 %: 75 points up the curve (+112.5 W), 25 past it at 250 W per unit.
+        assert!((watts[2] - (112.5 + 62.5)).abs() < 1e-9, "{watts:?}");
+        assert!((answer.predictions[2].utilisation_after - 1.25).abs() < 1e-12);
         assert!(answer.predictions[2].exceeds_capacity);
         assert!(!answer.predictions[1].exceeds_capacity);
     }

@@ -167,6 +167,7 @@ fn typical_pod() -> PodRequest {
             effect: Some(TaintEffect::NoSchedule),
         }],
         host_ports: vec![],
+        constraints: Default::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use wattwise_scheduler::cluster::clients::ApiClients;
-use wattwise_scheduler::config::SchedulerConfig;
+use wattwise_scheduler::config::{ApiConfig, SchedulerConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,9 +91,9 @@ async fn kube_config(kubeconfig: Option<&PathBuf>) -> Result<kube::Config> {
 /// configuration given with `--kubeconfig` or `KUBECONFIG` is loaded into a client the way startup
 /// loads it. Without one there is nothing to check before deployment (in a pod the service
 /// account's is used).
-async fn check_cluster_config(cli: &Cli) -> Result<()> {
+async fn check_cluster_config(cli: &Cli, api: &ApiConfig) -> Result<()> {
     if cli.kubeconfig.is_some() || std::env::var_os("KUBECONFIG").is_some() {
-        kube_client(cli.kubeconfig.as_ref()).await?;
+        ApiClients::new(kube_config(cli.kubeconfig.as_ref()).await?, api)?;
     }
     Ok(())
 }
@@ -104,7 +104,7 @@ async fn main() -> Result<()> {
     wattwise_daemon::logging::init(&cli.log_format);
     let config = cli.config().context("invalid configuration")?;
     if cli.check_config {
-        check_cluster_config(&cli).await?;
+        check_cluster_config(&cli, &config.api).await?;
         println!("configuration is valid");
         return Ok(());
     }
@@ -142,7 +142,7 @@ current-context: x
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.kubeconfig");
         std::fs::write(&good, KUBECONFIG).unwrap();
-        check_cluster_config(&cli(&["--kubeconfig", good.to_str().unwrap()]))
+        check_cluster_config(&cli(&["--kubeconfig", good.to_str().unwrap()]), &ApiConfig::default())
             .await
             .unwrap();
 
@@ -157,7 +157,7 @@ current-context: x
         .unwrap();
         for path in [&missing, &broken, &no_context] {
             let path = path.to_str().unwrap();
-            let err = check_cluster_config(&cli(&["--kubeconfig", path]))
+            let err = check_cluster_config(&cli(&["--kubeconfig", path]), &ApiConfig::default())
                 .await
                 .unwrap_err();
             assert!(format!("{err:#}").contains(path), "{path}: {err:#}");

@@ -112,6 +112,18 @@ impl SchedulingQueue {
         let mut s = self.lock();
         match s.entries.get_mut(key) {
             Some(e) => {
+                // The pod itself changed (e.g. its scheduling gates were removed): that may be
+                // what it waited for, so it retries after its backoff, not after the next
+                // cluster event.
+                if let State::Unschedulable { .. } = e.state {
+                    e.priority = priority;
+                    e.state = State::Backoff;
+                    let item = Reverse((e.retry_at, e.seq, key.to_string()));
+                    s.backoff.push(item);
+                    drop(s);
+                    self.wake.notify_one();
+                    return;
+                }
                 if e.priority != priority && e.state == State::Active {
                     e.priority = priority;
                     let seq = e.seq;
@@ -371,6 +383,24 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn an_updated_unschedulable_pod_retries_without_a_cluster_event() {
+        let q = queue();
+        q.add("ns/gated", 0, Instant::now());
+        q.add("ns/other", 0, Instant::now());
+        for _ in 0..2 {
+            let p = q.pop().await;
+            q.unschedulable(&p.key, Instant::now());
+        }
+        // The gated pod's update (its gates removed) arrives; nothing else changes.
+        q.add("ns/gated", 0, Instant::now());
+        let again = tokio::time::timeout(Duration::from_millis(250), q.pop())
+            .await
+            .expect("retried before unschedulable_retry");
+        assert_eq!(again.key, "ns/gated");
+        assert_eq!(q.depth().unschedulable, 1, "the other pod still waits");
     }
 
     #[tokio::test]

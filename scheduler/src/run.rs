@@ -16,6 +16,7 @@ use crate::api::metrics::{self, SchedulerMetrics};
 use crate::api::reports::ReportsService;
 use crate::cluster::cache::{CacheSettings, ClusterCache};
 use crate::cluster::clients::ApiClients;
+use crate::cluster::claims::Claims;
 use crate::cluster::events::EventRecorder;
 use crate::cluster::leader::{LeaderElector, LeaseSettings};
 use crate::cluster::watch::{self, Synced};
@@ -129,6 +130,7 @@ pub async fn run(
             (liveness.register("pod watch", max_silence), pod_watch),
         )),
     ];
+    let (claims, claim_watches) = Claims::watch(clients.watches.clone(), queue.clone());
 
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let (stop_election_tx, stop_election_rx) = tokio::sync::oneshot::channel::<()>();
@@ -170,6 +172,7 @@ pub async fn run(
     let decisions = Arc::new(DecisionLoop {
         client: clients.calls.clone(),
         cache: cache.clone(),
+        claims,
         queue: queue.clone(),
         filters: Arc::new(Filters::standard(config.policy.lowest_energy_level)),
         score: config.policy.score_config(),
@@ -240,7 +243,7 @@ pub async fn run(
     let watches = [node_watch_task, pod_watch_task];
     decide.abort();
     gauges.abort();
-    for w in watches {
+    for w in watches.into_iter().chain(claim_watches) {
         w.abort();
     }
     let _ = stop_election_tx.send(());

@@ -16,6 +16,7 @@ use wattwise_daemon::health::Heartbeat;
 
 use crate::api::metrics::{AttemptResult, SchedulerMetrics};
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::claims::Claims;
 use crate::cluster::events::{EventKind, EventRecorder, PodRef};
 use crate::policy::{self, Decision, Filters, PodRequest, ScoreConfig};
 use crate::queue::{Popped, SchedulingQueue};
@@ -23,6 +24,7 @@ use crate::queue::{Popped, SchedulingQueue};
 pub struct DecisionLoop {
     pub client: Client,
     pub cache: Arc<Mutex<ClusterCache>>,
+    pub claims: Claims,
     pub queue: Arc<SchedulingQueue>,
     pub filters: Arc<Filters>,
     pub score: ScoreConfig,
@@ -85,6 +87,7 @@ impl DecisionLoop {
             self.queue.remove(&popped.key);
             return;
         };
+        let pod = self.claims.resolve(pod);
         let now = Instant::now();
         let summary = cache.refresh_power(now);
         self.metrics.nodes(summary.nodes, summary.stale_nodes);
@@ -159,9 +162,14 @@ impl DecisionLoop {
                 } else {
                     " (no fresh report: default curve)"
                 };
+                let load = if p.decision.marginal.exceeds_capacity {
+                    " (past full load)"
+                } else {
+                    ""
+                };
                 let message = format!(
-                    "assigned {} to {}: {} predicted{}, energy {}",
-                    p.popped.key, p.node, watts, freshness, energy
+                    "assigned {} to {}: {} predicted{}{}, energy {}",
+                    p.popped.key, p.node, watts, freshness, load, energy
                 );
                 info!(pod = %p.popped.key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, "bound");
                 self.events

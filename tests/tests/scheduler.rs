@@ -472,3 +472,249 @@ async fn the_standby_finishes_the_work_when_the_leader_is_killed() -> Result<()>
     );
     Ok(())
 }
+
+/// Reports the scheduler has accepted so far.
+async fn accepted_reports(scheduler: &SchedulerProcess) -> Result<f64> {
+    Ok(scheduler
+        .metric("wattwise_scheduler_reports_total{reason=\"accepted\"}")
+        .await?
+        .unwrap_or(0.0))
+}
+
+/// Waits until `count` more reports than `since` were accepted (e.g. two rounds of a pump, so
+/// the latest report of every node carries what the test just set).
+async fn wait_reports(scheduler: &SchedulerProcess, since: f64, count: f64) -> Result<()> {
+    wait_until(
+        &format!("{count} more accepted reports"),
+        Duration::from_secs(20),
+        || async { Ok(accepted_reports(scheduler).await? >= since + count) },
+    )
+    .await
+    .with_context(|| scheduler.log_tail(30))
+}
+
+/// The note of `pod`'s first event with `reason`, once there is one.
+async fn wait_event(client: &Client, pod: &str, reason: &str) -> Result<String> {
+    wait_until(
+        &format!("{reason} event for {pod}"),
+        Duration::from_secs(20),
+        || async {
+            Ok(events_of(client, pod)
+                .await?
+                .iter()
+                .any(|(r, _)| r == reason))
+        },
+    )
+    .await?;
+    let events = events_of(client, pod).await?;
+    Ok(events
+        .into_iter()
+        .find(|(r, _)| r == reason)
+        .map(|(_, note)| note)
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_node_is_not_chosen_while_another_has_room() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("saturated-cheapest"),
+            FakeNode::new("nearly-full"),
+            FakeNode::new("room-but-dear"),
+        ],
+    )
+    .await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    // Load the requests do not show (BestEffort pods, work outside Kubernetes): measured
+    // utilisation only. Clamped at full load, the first two priced a 500m pod at 0 W and +4 W.
+    let spec = |peak: f64, utilisation: f64| NodePowerSpec {
+        utilisation,
+        ..NodePowerSpec::new(4000, 100.0, peak, 1.0)
+    };
+    pump.set("saturated-cheapest", spec(150.0, 1.0));
+    pump.set("nearly-full", spec(300.0, 0.98));
+    pump.set("room-but-dear", spec(400.0, 0.3));
+    wait_reports(&scheduler, 0.0, 6.0).await?;
+
+    create_pod(&client, pod_json("first", "500m")).await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(
+        placed["first"], "room-but-dear",
+        "an unsaturated node exists"
+    );
+    let note = wait_event(&client, "first", "Scheduled").await?;
+    // 12.5 % of a 100→400 W line.
+    assert_eq!(
+        note,
+        "assigned default/first to room-but-dear: +37.5 W predicted, energy unknown"
+    );
+
+    // Now every node is past full load: the pod still binds, to the cheapest overflow
+    // (12.5 % at the peak watts: 18.75 W, against 50 W and 4 + 31.5 W).
+    let before = accepted_reports(&scheduler).await?;
+    pump.set("room-but-dear", spec(400.0, 1.0));
+    wait_reports(&scheduler, before, 6.0).await?;
+    create_pod(&client, pod_json("second", "500m")).await?;
+    let placed = wait_bound(&client, 2, Duration::from_secs(20)).await?;
+    assert_eq!(placed["second"], "saturated-cheapest", "{placed:?}");
+    let note = wait_event(&client, "second", "Scheduled").await?;
+    assert_eq!(
+        note,
+        "assigned default/second to saturated-cheapest: +18.8 W predicted (past full load), \
+         energy unknown"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_constraints_standalone_mode_does_not_evaluate_are_refused_by_name() -> Result<()>
+{
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use kube::api::{Patch, PatchParams};
+
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("a"), FakeNode::new("b")]).await?;
+    let classes = Api::<StorageClass>::all(client.clone());
+    for (name, mode) in [("local", "WaitForFirstConsumer"), ("network", "Immediate")] {
+        let class = serde_json::from_value(json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name},
+            "provisioner": "example.com/none",
+            "volumeBindingMode": mode,
+        }))?;
+        classes.create(&PostParams::default(), &class).await?;
+    }
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS);
+    for (name, class) in [("local-data", "local"), ("network-data", "network")] {
+        let claim = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "storageClassName": class,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }))?;
+        claims.create(&PostParams::default(), &claim).await?;
+    }
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+
+    let with_claim = |name: &str, claim: &str| {
+        let mut pod = pod_json(name, "100m");
+        pod["spec"]["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+        pod
+    };
+    let mut anti = pod_json("anti-affinity", "100m");
+    anti["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "web"}}}
+    ]}});
+    let mut spread = pod_json("spread", "100m");
+    spread["spec"]["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "web"}},
+    }]);
+    // Preferences are ignored, not refused: any node satisfies them.
+    let mut soft = pod_json("soft", "100m");
+    soft["spec"]["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 10, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+    ]}});
+    soft["spec"]["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+    }]);
+    for pod in [
+        anti,
+        spread,
+        with_claim("first-consumer", "local-data"),
+        with_claim("immediate", "network-data"),
+        soft,
+        pod_json("ordinary", "100m"),
+    ] {
+        create_pod(&client, pod).await?;
+    }
+
+    let placed = wait_bound(&client, 2, Duration::from_secs(20)).await?;
+    assert!(
+        placed.contains_key("ordinary") && placed.contains_key("soft"),
+        "{placed:?}"
+    );
+    let not_evaluated =
+        "which wattwise's standalone mode does not evaluate (use extender mode or the default scheduler)";
+    for (pod, expected) in [
+        (
+            "anti-affinity",
+            format!("pod has required pod anti-affinity, {not_evaluated}"),
+        ),
+        (
+            "spread",
+            format!("pod has topology spread constraints, {not_evaluated}"),
+        ),
+        (
+            "first-consumer",
+            format!(
+                "pod has PersistentVolumeClaim \"local-data\" of StorageClass \"local\" with \
+                 volumeBindingMode WaitForFirstConsumer, {not_evaluated}"
+            ),
+        ),
+        (
+            "immediate",
+            "pod has unbound immediate PersistentVolumeClaims (\"network-data\")".to_string(),
+        ),
+    ] {
+        wait_until(
+            &format!("{pod}: FailedScheduling naming the constraint"),
+            Duration::from_secs(20),
+            || async {
+                Ok(events_of(&client, pod)
+                    .await?
+                    .iter()
+                    .any(|(r, note)| r == "FailedScheduling" && *note == expected))
+            },
+        )
+        .await
+        .with_context(|| format!("{:?}", scheduler.log_tail(20)))?;
+    }
+    let unschedulable = || async {
+        Ok::<_, anyhow::Error>(
+            scheduler
+                .metric("wattwise_scheduler_schedule_attempts_total{result=\"unschedulable\"}")
+                .await?
+                .unwrap_or(0.0),
+        )
+    };
+    let refusals = unschedulable().await?;
+    assert!(refusals >= 4.0, "counted as unschedulable: {refusals}");
+
+    // The volume controller binds the immediate claim (played here by a status update): the
+    // claim event retries the pod, which is bound; the others never are.
+    claims
+        .patch_status(
+            "network-data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await?;
+    let placed = wait_bound(&client, 3, Duration::from_secs(20)).await?;
+    assert!(placed.contains_key("immediate"), "{placed:?}");
+    // The claim event retried the other three as well, and they were refused again.
+    wait_until(
+        "the others refused again",
+        Duration::from_secs(20),
+        || async { Ok(unschedulable().await? >= refusals + 3.0) },
+    )
+    .await?;
+    let placed = placements(&client).await?;
+    for refused in ["anti-affinity", "spread", "first-consumer"] {
+        assert!(
+            !placed.contains_key(refused),
+            "{refused} was bound: {placed:?}"
+        );
+    }
+    Ok(())
+}

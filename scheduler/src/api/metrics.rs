@@ -164,7 +164,10 @@ impl SchedulerMetrics {
 
     pub fn bound(&self, queued_seconds: f64, marginal_watts: f64) {
         self.pod_scheduling_duration.observe(queued_seconds);
-        self.bound_predicted_watts.inc_by(marginal_watts);
+        // A pod on a node without CPU capacity is priced at +∞; a counter must stay finite.
+        if marginal_watts.is_finite() {
+            self.bound_predicted_watts.inc_by(marginal_watts);
+        }
     }
 
     pub fn decision(&self, seconds: f64) {

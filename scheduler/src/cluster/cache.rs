@@ -813,6 +813,7 @@ mod tests {
             required_node_affinity: vec![],
             tolerations: vec![],
             host_ports: vec![],
+            constraints: Default::default(),
         };
         let mut in_zone = base.clone();
         in_zone.node_selector.insert("zone".into(), "a".into());

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Node, NodeSelectorRequirement, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeSelectorRequirement, Pod, PodAffinityTerm, PodSpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use thiserror::Error;
 use wattwise_core::energy::UnknownEnergyLevel;
@@ -12,8 +14,9 @@ use wattwise_core::EnergyLevel;
 
 use super::quantity::{self, QuantityError};
 use crate::policy::{
-    HostPort, NodeSelectorTerm, PodRequest, Protocol, Resources, SelectorOperator,
-    SelectorRequirement, Taint, TaintEffect, Toleration, TolerationOperator,
+    ClaimState, HostPort, NodeSelectorTerm, PodConstraints, PodRequest, Protocol, Resources,
+    SelectorOperator, SelectorRequirement, Taint, TaintEffect, Toleration, TolerationOperator,
+    VolumeClaim,
 };
 
 /// A field that cannot be converted: `pod default/web-1: spec.containers[web].resources.requests.cpu:
@@ -216,7 +219,57 @@ pub fn pod_request(pod: &Pod, default_cpu_millicores: u64) -> Result<PodRequest,
         required_node_affinity: required_node_affinity(spec).map_err(in_pod)?,
         tolerations: tolerations(spec).map_err(in_pod)?,
         host_ports: host_ports(pod)?,
+        constraints: pod_constraints(pod),
     })
+}
+
+/// The pod's constraints that the filters do not evaluate. Claims are [`ClaimState::Unknown`]
+/// here: whether they are bound is cluster state, looked up when the pod is decided.
+fn pod_constraints(pod: &Pod) -> PodConstraints {
+    let Some(spec) = &pod.spec else {
+        return PodConstraints::default();
+    };
+    let affinity = spec.affinity.as_ref();
+    let required = |terms: Option<&Vec<PodAffinityTerm>>| terms.is_some_and(|t| !t.is_empty());
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    PodConstraints {
+        scheduling_gates: (spec.scheduling_gates.iter().flatten())
+            .map(|gate| gate.name.clone())
+            .collect(),
+        required_pod_affinity: required(affinity.and_then(|a| a.pod_affinity.as_ref()).and_then(
+            |a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            },
+        )),
+        required_pod_anti_affinity: required(
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                }),
+        ),
+        // Anything but ScheduleAnyway is a requirement (the API knows only DoNotSchedule).
+        hard_topology_spread: (spec.topology_spread_constraints.iter().flatten())
+            .filter(|c| c.when_unsatisfiable != "ScheduleAnyway")
+            .map(|c| c.topology_key.clone())
+            .collect(),
+        volume_claims: (spec.volumes.iter().flatten())
+            .filter_map(|volume| {
+                let name = match (&volume.persistent_volume_claim, &volume.ephemeral) {
+                    (Some(claim), _) => claim.claim_name.clone(),
+                    // The ephemeral volume controller names the claim it creates this way.
+                    (None, Some(_)) => format!("{pod_name}-{}", volume.name),
+                    (None, None) => return None,
+                };
+                Some(VolumeClaim {
+                    name,
+                    state: ClaimState::Unknown,
+                })
+            })
+            .collect(),
+    }
 }
 
 fn pod_namespace(pod: &Pod) -> &str {
@@ -701,6 +754,53 @@ mod tests {
         assert_eq!(best_effort.priority, 0);
         assert_eq!(best_effort.requests, cpu_mem(0, 0));
         assert_eq!(best_effort.pricing_cpu_millicores, 100);
+    }
+
+    #[test]
+    fn constraints_keep_the_hard_ones_and_every_claim() {
+        let request = pod_request(
+            &pod(json!({
+                "containers": [{"name": "a"}],
+                "schedulingGates": [{"name": "example.com/quota"}],
+                "affinity": {
+                    "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 1, "podAffinityTerm": {"topologyKey": "zone"}},
+                    ]},
+                    "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"topologyKey": "kubernetes.io/hostname",
+                         "labelSelector": {"matchLabels": {"app": "web"}}},
+                    ]},
+                },
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"},
+                    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                     "whenUnsatisfiable": "DoNotSchedule"},
+                ],
+                "volumes": [
+                    {"name": "config", "configMap": {"name": "c"}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data-web-1"}},
+                    {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
+                ],
+            })),
+            100,
+        )
+        .unwrap();
+        let unknown = |name: &str| VolumeClaim {
+            name: name.into(),
+            state: ClaimState::Unknown,
+        };
+        assert_eq!(
+            request.constraints,
+            PodConstraints {
+                scheduling_gates: vec!["example.com/quota".into()],
+                required_pod_affinity: false,
+                required_pod_anti_affinity: true,
+                hard_topology_spread: vec!["kubernetes.io/hostname".into()],
+                volume_claims: vec![unknown("data-web-1"), unknown("web-1-scratch")],
+            }
+        );
+        let plain = pod_request(&pod(json!({"containers": [{"name": "a"}]})), 100).unwrap();
+        assert_eq!(plain.constraints, PodConstraints::default());
     }
 
     #[test]

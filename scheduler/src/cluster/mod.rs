@@ -1,7 +1,8 @@
 //! Kubernetes at the edges: objects → policy structs ([`convert`], [`quantity`]), the scheduler's
-//! view of the cluster ([`cache`]) fed by [`watch`], leader election ([`leader`]) and pod
-//! [`events`], all through bounded [`clients`].
+//! view of the cluster ([`cache`]) fed by [`watch`], volume claims ([`claims`]), leader election
+//! ([`leader`]) and pod [`events`], all through bounded [`clients`].
 pub mod cache;
+pub mod claims;
 pub mod clients;
 pub mod convert;
 pub mod events;

@@ -61,6 +61,7 @@ pub fn pod(uid: &str) -> PodRequest {
         required_node_affinity: vec![],
         tolerations: vec![],
         host_ports: vec![],
+        constraints: Default::default(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Scheduling policy: pure filter and score units over plain structs (no I/O).
 //!
-//! [`schedule`] runs a [`Snapshot`] of the nodes through [`Filters`], prices the feasible ones and
-//! picks one by [`ScoreConfig`]; when none is feasible it explains why in kube-scheduler's words.
+//! [`schedule`] refuses pods with constraints it does not evaluate ([`constraints`]), runs a
+//! [`Snapshot`] of the nodes through [`Filters`], prices the feasible ones and picks one by
+//! [`ScoreConfig`]; when none is feasible it explains why in kube-scheduler's words.
+pub mod constraints;
 pub mod filter;
 pub mod score;
 pub mod snapshot;
@@ -15,6 +17,7 @@ use std::fmt;
 
 use wattwise_core::{EnergyLevel, Marginal};
 
+pub use constraints::Unsupported;
 pub use filter::{Filter, FilterReason, Filters};
 pub use score::{PolicyKind, ScoreConfig};
 pub use snapshot::Snapshot;
@@ -35,15 +38,38 @@ pub struct Decision {
     pub feasible: usize,
 }
 
+/// Why a pod was not placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unschedulable {
+    /// The pod needs what standalone mode does not evaluate; no node was considered.
+    Unsupported(Vec<Unsupported>),
+    NoFeasibleNode(NoFeasibleNode),
+}
+
+impl fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsupported(constraints) => {
+                for (i, constraint) in constraints.iter().enumerate() {
+                    let separator = if i == 0 { "" } else { "; " };
+                    write!(f, "{separator}{constraint}")?;
+                }
+                Ok(())
+            }
+            Self::NoFeasibleNode(reasons) => reasons.fmt(f),
+        }
+    }
+}
+
 /// No node passed the filters. Each node is counted once, under the summary of its first failing
 /// filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unschedulable {
+pub struct NoFeasibleNode {
     pub nodes_total: usize,
     pub reasons: BTreeMap<String, usize>,
 }
 
-impl fmt::Display for Unschedulable {
+impl fmt::Display for NoFeasibleNode {
     /// kube-scheduler's message: `0/8 nodes are available: 3 Insufficient cpu, 2 node(s) were
     /// powerless.`, most frequent reason first.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,6 +96,10 @@ pub fn schedule(
     filters: &Filters,
     score: &ScoreConfig,
 ) -> Result<Decision, Unschedulable> {
+    let unsupported = constraints::unsupported(&pod.constraints);
+    if !unsupported.is_empty() {
+        return Err(Unschedulable::Unsupported(unsupported));
+    }
     let scan = filters.scan(pod, nodes, false);
     let shortlist = Shortlist::new(score, pod, nodes, scan.feasible());
     let Some(index) = shortlist.choose(pod, nodes) else {
@@ -92,10 +122,10 @@ fn explain(pod: &PodRequest, nodes: &Snapshot, filters: &Filters) -> Unschedulab
     for (reason, count) in filters.scan(pod, nodes, true).into_rejected() {
         *reasons.entry(reason.summary().into_owned()).or_default() += count;
     }
-    Unschedulable {
+    Unschedulable::NoFeasibleNode(NoFeasibleNode {
         nodes_total: nodes.len(),
         reasons,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -169,6 +199,9 @@ mod tests {
             &ScoreConfig::default(),
         )
         .unwrap_err();
+        let Unschedulable::NoFeasibleNode(err) = err else {
+            panic!("{err:?}");
+        };
         assert_eq!(err.nodes_total, 8);
         assert_eq!(err.reasons.values().sum::<usize>(), 8);
         assert_eq!(
@@ -189,5 +222,39 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "0/0 nodes are available: no nodes.");
+    }
+
+    #[test]
+    fn unsupported_constraints_refuse_the_pod_before_any_node_is_tried() {
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let nodes = Snapshot::new(&[node("a"), node("b")]);
+        let mut p = pod("p");
+        p.constraints.required_pod_anti_affinity = true;
+        p.constraints.hard_topology_spread = vec!["kubernetes.io/hostname".into()];
+        let err = schedule(&p, &nodes, &filters, &ScoreConfig::default()).unwrap_err();
+        assert_eq!(
+            err,
+            Unschedulable::Unsupported(vec![
+                Unsupported::PodAntiAffinity,
+                Unsupported::TopologySpread
+            ])
+        );
+        assert_eq!(
+            err.to_string(),
+            "pod has required pod anti-affinity, which wattwise's standalone mode does not \
+             evaluate (use extender mode or the default scheduler); pod has topology spread \
+             constraints, which wattwise's standalone mode does not evaluate (use extender mode \
+             or the default scheduler)"
+        );
+        // A gated pod is tried again once its gates are gone (the update re-queues it).
+        let mut gated = pod("g");
+        gated.constraints.scheduling_gates = vec!["example.com/wait".into()];
+        let err = schedule(&gated, &nodes, &filters, &ScoreConfig::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pod has scheduling gates (example.com/wait); it waits until they are removed"
+        );
+        gated.constraints.scheduling_gates.clear();
+        assert!(schedule(&gated, &nodes, &filters, &ScoreConfig::default()).is_ok());
     }
 }

@@ -1,5 +1,6 @@
-//! Ranking feasible nodes: fresh prices first, then stored energy and marginal watts, with ties
-//! spread over nodes by rendezvous hashing.
+//! Ranking feasible nodes: by class (fresh and within the curve, then unreported, then fresh
+//! but past full load), then stored energy and marginal watts, with ties spread over nodes by
+//! rendezvous hashing.
 
 use wattwise_core::EnergyLevel;
 
@@ -68,30 +69,59 @@ impl ScoreConfig {
         }
     }
 
-    /// The feasible nodes of the best class that has any. Scoring compares the class first:
-    /// freshness, then (tiered only) the energy tier. A fresh report beats a stale one under any
-    /// weighting: a stale price may describe a node that has since filled up or heated.
-    fn best_class(&self, nodes: &Snapshot, feasible: &NodeSet) -> NodeSet {
+    /// The feasible nodes of the best class that has any, priced. Classes rank before any price
+    /// is compared:
+    /// 1. a fresh report, and the pod keeps the node within its curve;
+    /// 2. no fresh report (priced on the default curve): a stale price may describe a node
+    ///    that has since filled up or heated, so any fresh node that fits beats it;
+    /// 3. a fresh report, and the pod would take the node past full load: the node is
+    ///    saturated (by pods, BestEffort load or work outside Kubernetes) and would only run
+    ///    the pod by slowing everything on it, so it is the last resort, never the cheapest.
+    ///
+    /// Within a class, tiered policies also take the best energy tier first. Pricing reads a
+    /// node's curve, the costliest step of a decision, so only the nodes up to the chosen class
+    /// are priced (saturated ones of a better tier are the rare extra).
+    fn best_class(&self, pod: &PodRequest, nodes: &Snapshot, feasible: &NodeSet) -> Vec<Candidate> {
         let fresh = feasible.and(nodes.fresh());
         let stale = feasible.and_not(nodes.fresh());
-        for by_freshness in [fresh, stale] {
+        let cpu = pod.pricing_cpu_millicores;
+        // Each class: its nodes, and whether members must (or must not) exceed capacity.
+        for (set, past_full_load) in [(&fresh, Some(false)), (&stale, None), (&fresh, Some(true))] {
+            // Pricing says whether the pod exceeds capacity anyway; checking that first would
+            // only add a second pass over the same rows to the common case.
+            let priced = |members: &NodeSet| {
+                let mut class = Vec::new();
+                for i in members.iter() {
+                    let node = nodes.power(i);
+                    let price = node.price(cpu);
+                    if past_full_load.is_none_or(|past| price.exceeds_capacity == past) {
+                        class.push(Candidate {
+                            node: i as u32,
+                            tier: self.tier(node),
+                            watts: price.watts.0,
+                        });
+                    }
+                }
+                class
+            };
             match self.kind {
                 PolicyKind::Tiered => {
                     for tier in EnergyLevel::ALL.into_iter().rev() {
-                        let class = by_freshness.and(&self.at_tier(nodes, tier));
+                        let class = priced(&set.and(&self.at_tier(nodes, tier)));
                         if !class.is_empty() {
                             return class;
                         }
                     }
                 }
                 PolicyKind::Weighted { .. } => {
-                    if !by_freshness.is_empty() {
-                        return by_freshness;
+                    let class = priced(set);
+                    if !class.is_empty() {
+                        return class;
                     }
                 }
             }
         }
-        NodeSet::default()
+        Vec::new()
     }
 }
 
@@ -103,27 +133,16 @@ pub(crate) struct Shortlist<'c> {
 }
 
 impl<'c> Shortlist<'c> {
-    /// Pricing reads a node's curve, the costliest step of a decision, so the class is settled
-    /// first and only its nodes are priced.
     pub fn new(
         config: &'c ScoreConfig,
         pod: &PodRequest,
         nodes: &Snapshot,
         feasible: &NodeSet,
     ) -> Self {
-        let candidates = config
-            .best_class(nodes, feasible)
-            .iter()
-            .map(|i| {
-                let node = nodes.power(i);
-                Candidate {
-                    node: i as u32,
-                    tier: config.tier(node),
-                    watts: node.price(pod.pricing_cpu_millicores).watts.0,
-                }
-            })
-            .collect();
-        Self { config, candidates }
+        Self {
+            config,
+            candidates: config.best_class(pod, nodes, feasible),
+        }
     }
 
     /// The winning node's row in `nodes`; `None` when no node is feasible.
@@ -314,6 +333,92 @@ mod tests {
             winner(&[stale, stale_expensive], &ScoreConfig::default()),
             "stale-best"
         );
+    }
+
+    /// `name` on an idle–peak line at `utilisation` of 16 cores, fresh.
+    fn loaded(name: &str, energy: Option<EnergyLevel>, peak: f64, utilisation: f64) -> NodeState {
+        let mut n = with(name, energy, 100.0, peak);
+        n.power.utilisation = utilisation;
+        n
+    }
+
+    fn both_policies() -> [ScoreConfig; 2] {
+        [
+            ScoreConfig::default(),
+            ScoreConfig {
+                kind: PolicyKind::Weighted {
+                    energy: 1.0,
+                    power: 1.0,
+                },
+                ..ScoreConfig::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn a_saturated_node_ranks_after_unsaturated_and_unreported_ones() {
+        use EnergyLevel::*;
+        // Measured at 100 %: the old clamp priced any pod there at 0 W, the cheapest of all.
+        let saturated = loaded("saturated", Some(WellPowered), 110.0, 1.0);
+        let busy = loaded("busy", Some(WellPowered), 400.0, 0.9);
+        let mut unreported = with("unreported", Some(WellPowered), 100.0, 300.0);
+        unreported.power.fresh = false;
+        let nodes = [saturated.clone(), busy, unreported.clone()];
+        for config in both_policies() {
+            assert_eq!(winner(&nodes, &config), "busy", "{config:?}");
+            assert_eq!(
+                winner(&[saturated.clone(), unreported.clone()], &config),
+                "unreported",
+                "{config:?}"
+            );
+            assert_eq!(
+                winner(std::slice::from_ref(&saturated), &config),
+                "saturated"
+            );
+        }
+        // Its price says so too: the pod's 500m all costs peak watts.
+        let price = Snapshot::new(&[saturated]).power(0).price(500);
+        assert!(price.exceeds_capacity);
+        assert!(
+            (price.watts.0 - 110.0 * 500.0 / 16000.0).abs() < 1e-9,
+            "{price:?}"
+        );
+    }
+
+    #[test]
+    fn the_class_ranks_before_the_energy_tier() {
+        use EnergyLevel::*;
+        let nodes = [
+            loaded("well-powered-saturated", Some(WellPowered), 150.0, 0.99),
+            loaded("low-powered-fits", Some(LowPowered), 400.0, 0.5),
+        ];
+        for config in both_policies() {
+            assert_eq!(winner(&nodes, &config), "low-powered-fits", "{config:?}");
+        }
+    }
+
+    #[test]
+    fn pods_bound_since_the_report_can_saturate_a_node() {
+        // 90 % measured plus 2 of 16 cores bound since: 102.5 %.
+        let mut filled = loaded("filled", None, 110.0, 0.9);
+        filled.power.bound_since_report_millicores = 2000;
+        assert!((filled.power.effective_utilisation() - 1.025).abs() < 1e-12);
+        let nodes = [filled, loaded("dearer", None, 400.0, 0.5)];
+        for config in both_policies() {
+            assert_eq!(winner(&nodes, &config), "dearer", "{config:?}");
+        }
+    }
+
+    #[test]
+    fn among_saturated_nodes_the_cheapest_overflow_wins() {
+        let nodes = [
+            loaded("peak-300", None, 300.0, 1.0),
+            loaded("peak-200", None, 200.0, 1.2),
+            loaded("peak-250", None, 250.0, 0.99),
+        ];
+        for config in both_policies() {
+            assert_eq!(winner(&nodes, &config), "peak-200", "{config:?}");
+        }
     }
 
     #[test]

@@ -156,6 +156,50 @@ pub struct PodRequest {
     pub required_node_affinity: Vec<NodeSelectorTerm>,
     pub tolerations: Vec<Toleration>,
     pub host_ports: Vec<HostPort>,
+    /// What ties the pod to other pods, topology or volumes; the filters evaluate none of it,
+    /// and [`super::constraints::unsupported`] refuses the pods that need it.
+    pub constraints: PodConstraints,
+}
+
+/// A pod's constraints that standalone mode does not evaluate. Soft ones (preferred pod
+/// affinity and anti-affinity, `ScheduleAnyway` spread) are not kept: every node satisfies a
+/// preference, so they are ignored rather than refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodConstraints {
+    /// `spec.schedulingGates`: the pod may not be scheduled while any remains.
+    pub scheduling_gates: Vec<String>,
+    /// `requiredDuringSchedulingIgnoredDuringExecution` pod affinity terms exist.
+    pub required_pod_affinity: bool,
+    /// `requiredDuringSchedulingIgnoredDuringExecution` pod anti-affinity terms exist.
+    pub required_pod_anti_affinity: bool,
+    /// Topology keys of the spread constraints with `whenUnsatisfiable: DoNotSchedule`.
+    pub hard_topology_spread: Vec<String>,
+    /// PersistentVolumeClaims the pod mounts, generic ephemeral volumes' included.
+    pub volume_claims: Vec<VolumeClaim>,
+}
+
+/// A PersistentVolumeClaim a pod mounts, in the pod's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeClaim {
+    pub name: String,
+    pub state: ClaimState,
+}
+
+/// What the cluster says about a claim when the pod is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Not looked up yet: the pod has just been read, or the claim watch has not synced.
+    Unknown,
+    /// No such claim.
+    Missing,
+    Bound,
+    /// Not bound. With `wait_for_first_consumer` its StorageClass binds a volume only once a
+    /// scheduler picks a node for the claim, which standalone mode does not do; otherwise the
+    /// volume controller binds it on its own.
+    Unbound {
+        storage_class: Option<String>,
+        wait_for_first_consumer: bool,
+    },
 }
 
 /// The power side of a node: its latest agent report, or the cluster default when none is fresh.
@@ -174,17 +218,19 @@ pub struct NodePower {
 }
 
 impl NodePower {
-    /// Utilisation the next pod starts from: measured plus what was bound since.
+    /// Utilisation the next pod starts from: measured plus what was bound since. Not clamped
+    /// to 1: a node already past full load must price (and rank) as such.
     pub fn effective_utilisation(&self) -> f64 {
         if self.capacity_millicores == 0 {
             return 1.0;
         }
         (self.utilisation
             + self.bound_since_report_millicores as f64 / self.capacity_millicores as f64)
-            .clamp(0.0, 1.0)
+            .max(0.0)
     }
 
-    /// curve(u_eff + pod / capacity) − curve(u_eff).
+    /// The pod's marginal watts from `u_eff` ([`PowerCurve::marginal`]: the curve difference up
+    /// to full load, peak watts beyond it).
     pub fn price(&self, pod_cpu_millicores: u64) -> Marginal {
         self.curve.marginal(
             self.effective_utilisation(),
