@@ -142,9 +142,12 @@ current-context: x
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.kubeconfig");
         std::fs::write(&good, KUBECONFIG).unwrap();
-        check_cluster_config(&cli(&["--kubeconfig", good.to_str().unwrap()]), &ApiConfig::default())
-            .await
-            .unwrap();
+        check_cluster_config(
+            &cli(&["--kubeconfig", good.to_str().unwrap()]),
+            &ApiConfig::default(),
+        )
+        .await
+        .unwrap();
 
         let missing = dir.path().join("missing.kubeconfig");
         let broken = dir.path().join("broken.kubeconfig");
