@@ -3,8 +3,8 @@
 
 use wattwise_core::EnergyLevel;
 
-use super::snapshot::{NodeSet, Power, Snapshot};
-use super::types::PodRequest;
+use super::snapshot::{NodeSet, Snapshot};
+use super::types::{NodePower, PodRequest};
 
 /// How energy tier and marginal watts combine.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -53,7 +53,7 @@ struct Candidate {
 
 impl ScoreConfig {
     /// The node's level, or the configured level for unknown.
-    fn tier(&self, node: &Power) -> EnergyLevel {
+    fn tier(&self, node: &NodePower) -> EnergyLevel {
         node.energy.unwrap_or(self.unknown_energy)
     }
 
@@ -229,8 +229,8 @@ mod tests {
 
     fn with(name: &str, energy: Option<EnergyLevel>, idle: f64, peak: f64) -> NodeState {
         let mut n = node(name);
-        n.energy = energy;
         n.power = power(idle, peak);
+        n.power.energy = energy;
         n
     }
 
