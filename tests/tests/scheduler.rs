@@ -472,3 +472,67 @@ async fn the_standby_finishes_the_work_when_the_leader_is_killed() -> Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_energy_level_expires_with_its_report() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("battery"),
+            FakeNode::new("labelled").label("energy-status", "vulnerable"),
+        ],
+    )
+    .await?;
+    // Unknown energy ranks below vulnerable here, so a level that stops counting shows.
+    let scheduler = SchedulerProcess::start(
+        &plane,
+        "replica-a",
+        "policy: {unknown_energy_level: low-powered}\n",
+    )
+    .await?;
+    let stale_nodes = || scheduler.metric("wattwise_scheduler_stale_nodes");
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    // The battery node is the dearer one: only its level can make it win.
+    let battery =
+        NodePowerSpec::new(4000, 100.0, 400.0, 1.0).energy(pb::EnergyLevel::WellPowered, 90.0);
+    pump.set("battery", battery.clone());
+    pump.set("labelled", NodePowerSpec::new(4000, 100.0, 150.0, 1.0));
+    wait_until("both nodes fresh", Duration::from_secs(20), || async {
+        Ok(stale_nodes().await? == Some(0.0))
+    })
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+    create_pod(&client, pod_json("while-reported", "100m")).await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(placed["while-reported"], "battery", "well-powered first");
+
+    // The agents stop (stale_after is 3 s here): the battery's level goes with its report,
+    // the label stays.
+    drop(pump);
+    wait_until("both nodes stale", Duration::from_secs(20), || async {
+        Ok(stale_nodes().await? == Some(2.0))
+    })
+    .await?;
+    create_pod(&client, pod_json("after-reports", "100m")).await?;
+    let placed = wait_bound(&client, 2, Duration::from_secs(20)).await?;
+    assert_eq!(
+        placed["after-reports"], "labelled",
+        "an expired level must not count: {placed:?}"
+    );
+
+    // A report the agent buffered for a minute arrives: accepted, but as old as its readings.
+    let mut stream = ReportStream::connect(scheduler.grpc_addr()).await?;
+    let mut buffered = battery.report("battery", "late-agent", 1);
+    buffered.observed_at = Some((std::time::SystemTime::now() - Duration::from_secs(60)).into());
+    assert!(stream.send(buffered).await?.accepted);
+    create_pod(&client, pod_json("after-buffered", "100m")).await?;
+    let placed = wait_bound(&client, 3, Duration::from_secs(20)).await?;
+    assert_eq!(
+        placed["after-buffered"], "labelled",
+        "a report observed past stale_after is not fresh: {placed:?}"
+    );
+    assert_eq!(stale_nodes().await?, Some(2.0));
+    Ok(())
+}

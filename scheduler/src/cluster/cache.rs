@@ -371,8 +371,7 @@ impl ClusterCache {
                     utilisation: utilisation(0.0, requested.cpu_millicores, allocatable),
                     capacity_millicores: allocatable,
                     fresh: false,
-                    energy: (stored.label_energy)
-                        .or_else(|| self.power.reading(name).and_then(|r| r.energy)),
+                    energy: stored.label_energy,
                 }
             }
         })
@@ -414,8 +413,10 @@ fn utilisation(measured: f64, extra_millicores: u64, capacity_millicores: u64) -
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
-    use crate::policy::fixtures::report;
+    use crate::policy::fixtures::{report, report_observed};
     use serde_json::json;
     use wattwise_core::EnergyLevel;
     use wattwise_proto::v1 as pb;
@@ -643,6 +644,63 @@ mod tests {
         assert_eq!(n.curve, c.settings().default_curve);
         assert!((n.utilisation - 0.25).abs() < 1e-12);
         assert_eq!(n.energy, Some(EnergyLevel::Vulnerable));
+        assert_snapshot_in_step(&c);
+    }
+
+    #[test]
+    fn freshness_counts_from_observation_not_arrival() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("n1", "4", json!({})));
+        let now = Instant::now();
+        let long_ago = SystemTime::now() - Duration::from_secs(60);
+        let buffered = report_observed("n1", 1, 0.3, Some(pb::EnergyLevel::Powerless), long_ago);
+        c.ingest_report(&buffered, now).unwrap();
+        let n = power(&c, "n1");
+        assert!(
+            !n.fresh,
+            "a report observed past stale_after is stale on arrival"
+        );
+        assert_eq!(n.energy, None, "and its level does not count");
+        assert_eq!(c.advance(now).stale_nodes, 1);
+
+        // Observed 20 s ago: fresh, for the 10 s it has left.
+        let recent = SystemTime::now() - Duration::from_secs(20);
+        c.ingest_report(&report_observed("n1", 2, 0.3, None, recent), now)
+            .unwrap();
+        assert!(power(&c, "n1").fresh);
+        assert_eq!(c.advance(now + Duration::from_secs(9)).stale_nodes, 0);
+        assert_eq!(c.advance(now + Duration::from_secs(11)).stale_nodes, 1);
+
+        // An agent whose clock runs ahead is taken as reporting on arrival.
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        let t = now + Duration::from_secs(12);
+        c.ingest_report(&report_observed("n1", 3, 0.3, None, ahead), t)
+            .unwrap();
+        assert_eq!(c.advance(t + Duration::from_secs(29)).stale_nodes, 0);
+        assert_eq!(c.advance(t + Duration::from_secs(31)).stale_nodes, 1);
+    }
+
+    #[test]
+    fn an_expired_energy_level_stops_counting() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("battery", "4", json!({})));
+        c.apply_node(&node(
+            "labelled",
+            "4",
+            json!({"energy-status": "vulnerable"}),
+        ));
+        let t0 = Instant::now();
+        let well = Some(pb::EnergyLevel::WellPowered);
+        c.ingest_report(&report("battery", 1, 0.1, well), t0)
+            .unwrap();
+        c.ingest_report(&report("labelled", 1, 0.1, well), t0)
+            .unwrap();
+        assert_eq!(power(&c, "battery").energy, Some(EnergyLevel::WellPowered));
+        assert_eq!(power(&c, "labelled").energy, Some(EnergyLevel::WellPowered));
+        // Reports stop: the level goes with them, to the label where there is one.
+        c.advance(t0 + Duration::from_secs(31));
+        assert_eq!(power(&c, "battery").energy, None);
+        assert_eq!(power(&c, "labelled").energy, Some(EnergyLevel::Vulnerable));
         assert_snapshot_in_step(&c);
     }
 

@@ -1,4 +1,6 @@
-//! Every node's latest agent report. A report is fresh for `stale_after` from its arrival.
+//! Every node's latest agent report, with its age. A report is fresh for `stale_after` from when
+//! its agent observed it (not from when it arrived: a replayed or long-buffered report is as old
+//! as its readings); its utilisation, curve and energy level count only while it is fresh.
 //!
 //! Expiry is event-driven: a queue of the times reports go stale, so a decision touches only the
 //! nodes whose report expired since the last one instead of scanning every node.
@@ -38,7 +40,7 @@ pub struct Reading {
     /// When the agent read its inputs, in this process' clock: never after the report arrived
     /// (an agent whose clock runs ahead is taken as reporting on arrival).
     pub observed_at: Instant,
-    /// Arrival + `stale_after` (`None`: past what an `Instant` holds, never stale).
+    /// `observed_at + stale_after` (`None`: past what an `Instant` holds, never stale).
     pub fresh_until: Option<Instant>,
     /// Gone stale: already on arrival, or found so by [`PowerView::expire`].
     pub stale: bool,
@@ -104,7 +106,7 @@ impl PowerView {
             .duration_since(report.observed_at())
             .unwrap_or_default();
         let observed_at = now.checked_sub(age).unwrap_or(now);
-        let fresh_until = now.checked_add(stale_after);
+        let fresh_until = observed_at.checked_add(stale_after);
         // One live queued expiry per node, at or before its report's: one queued for the
         // replaced report is re-armed for this one when it comes due.
         let mut armed = self

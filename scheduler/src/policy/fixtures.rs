@@ -70,11 +70,22 @@ pub fn report(
     utilisation: f64,
     level: Option<pb::EnergyLevel>,
 ) -> ValidatedReport {
+    report_observed(node, seq, utilisation, level, SystemTime::now())
+}
+
+/// [`report`], observed at `observed_at`.
+pub fn report_observed(
+    node: &str,
+    seq: u64,
+    utilisation: f64,
+    level: Option<pb::EnergyLevel>,
+    observed_at: SystemTime,
+) -> ValidatedReport {
     wattwise_core::validate(pb::NodeReport {
         node_name: node.into(),
         agent_instance: "a1".into(),
         sequence: seq,
-        observed_at: Some(SystemTime::now().into()),
+        observed_at: Some(observed_at.into()),
         cpu: Some(pb::CpuState {
             capacity_millicores: 4000,
             utilisation,
