@@ -61,8 +61,7 @@ pub async fn run(
         energy_label: config.policy.energy_label.clone(),
         default_cpu_millicores: config.policy.default_cpu_millicores,
         stale_after: config.reports.stale_after(),
-        // A pod counts on top of its node's measurements until a report observed after it.
-        start_window: Duration::ZERO,
+        start_window: config.reports.pod_start_window,
         default_curve,
     })));
     let queue = Arc::new(SchedulingQueue::new(QueueSettings {

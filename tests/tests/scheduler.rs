@@ -536,3 +536,66 @@ async fn an_energy_level_expires_with_its_report() -> Result<()> {
     assert_eq!(stale_nodes().await?, Some(2.0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_onto_slowly_starting_pods_spreads_as_the_prices_imply() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    // Convex curves: every pod on a node makes the next one there dearer.
+    let specs = [
+        ("a", NodePowerSpec::new(4000, 80.0, 300.0, 2.0)),
+        ("b", NodePowerSpec::new(4000, 90.0, 330.0, 2.0)),
+        ("c", NodePowerSpec::new(4000, 100.0, 360.0, 2.0)),
+    ];
+    for (name, _) in &specs {
+        plane.create_ready_node(&FakeNode::new(name)).await?;
+    }
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    // The agents report several times during the burst, and always the utilisation before it:
+    // no kubelet starts the pods, as no pod has started yet shortly after its bind.
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(200));
+    for (name, spec) in &specs {
+        pump.set(name, spec.clone());
+    }
+    wait_until("three nodes reporting", Duration::from_secs(20), || async {
+        Ok(scheduler.metric("wattwise_scheduler_stale_nodes").await? == Some(0.0))
+    })
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+
+    // The spread the prices imply: each pod where it adds the fewest watts, counting the pods
+    // placed before it (the scheduler's tie tolerance is 0.05 W; no two prices come that close).
+    const PODS: usize = 12;
+    const POD_CPU: u64 = 500;
+    let curves: Vec<_> = specs
+        .iter()
+        .map(|(_, s)| wattwise_core::PowerCurve::new(s.curve.clone()))
+        .collect::<Result<_, _>>()?;
+    let mut implied = BTreeMap::<String, usize>::new();
+    for _ in 0..PODS {
+        let mut prices: Vec<(f64, &str)> = (specs.iter().zip(&curves))
+            .map(|((name, spec), curve)| {
+                let placed = implied.get(*name).copied().unwrap_or(0) as u64 * POD_CPU;
+                let u = placed as f64 / spec.capacity_millicores as f64;
+                let watts = curve.marginal(u, spec.capacity_millicores, POD_CPU).watts.0;
+                (watts, *name)
+            })
+            .collect();
+        prices.sort_by(|x, y| x.0.total_cmp(&y.0));
+        assert!(prices[1].0 - prices[0].0 > 0.05, "{prices:?}");
+        *implied.entry(prices[0].1.to_string()).or_default() += 1;
+    }
+
+    // One by one, spanning several reports.
+    for i in 0..PODS {
+        create_pod(&client, pod_json(&format!("slow-{i:02}"), "500m")).await?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let placed = wait_bound(&client, PODS, Duration::from_secs(30)).await?;
+    let mut per_node = BTreeMap::<String, usize>::new();
+    for node in placed.values() {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    assert_eq!(per_node, implied, "bound pods must count until measured");
+    Ok(())
+}
