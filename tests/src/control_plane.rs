@@ -256,6 +256,14 @@ impl ControlPlane {
         &self.admin_kubeconfig
     }
 
+    /// An admin kubeconfig whose server is `127.0.0.1:port` (e.g. a proxy in front of the
+    /// apiserver; the serving certificate is for 127.0.0.1, so TLS passes through it).
+    pub fn kubeconfig_via(&self, port: u16) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("admin-via-{port}.kubeconfig"));
+        write_kubeconfig(&path, self.dir.path(), port, "admin", ADMIN_TOKEN)?;
+        Ok(path)
+    }
+
     pub fn server_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }

@@ -1,6 +1,7 @@
 //! The real `wattwise-scheduler` binary against a [`ControlPlane`], on free loopback ports.
 
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,8 +34,17 @@ impl SchedulerProcess {
 
     /// Starts a replica with exactly `config_yaml` (plus listen addresses), without waiting.
     pub fn spawn(plane: &ControlPlane, identity: &str, config_yaml: &str) -> Result<Self> {
+        Self::spawn_with_kubeconfig(plane.kubeconfig_path(), identity, config_yaml)
+    }
+
+    /// [`SchedulerProcess::spawn`] reaching the apiserver through `kubeconfig`.
+    pub fn spawn_with_kubeconfig(
+        kubeconfig: &Path,
+        identity: &str,
+        config_yaml: &str,
+    ) -> Result<Self> {
         let binary = workspace_binary("wattwise-scheduler")?;
-        let kubeconfig = plane.kubeconfig_path().to_path_buf();
+        let kubeconfig = kubeconfig.to_path_buf();
         let served = ServedProcess::spawn("wattwise-scheduler", config_yaml, |_, config| {
             let mut cmd = Command::new(&binary);
             cmd.arg("--config")

@@ -599,3 +599,83 @@ async fn a_burst_onto_slowly_starting_pods_spreads_as_the_prices_imply() -> Resu
     assert_eq!(per_node, implied, "bound pods must count until measured");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namesake_recreated_while_a_bind_is_on_its_way_is_scheduled() -> Result<()> {
+    use kube::api::{DeleteParams, Preconditions};
+    use wattwise_testenv::proxy::{url_port, HoldingProxy};
+
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("a"), FakeNode::new("b")]).await?;
+    // The scheduler reaches the apiserver through a proxy that can hold its requests and their
+    // answers while the watches keep delivering; without leader election no Lease renewal needs
+    // to get through. One bind at a time, so the namesake waits its turn in the queue.
+    let apiserver = url_port(&plane.server_url())?;
+    let proxy = HoldingProxy::start(([127, 0, 0, 1], apiserver).into()).await?;
+    let kubeconfig = plane.kubeconfig_via(proxy.addr().port())?;
+    let config = "\
+reports: {interval: 1s}
+binding: {concurrency: 1, backoff_initial: 200ms, backoff_max: 2s, unschedulable_retry: 60s}
+leader_election: {enabled: false}
+";
+    let mut scheduler = SchedulerProcess::spawn_with_kubeconfig(&kubeconfig, "replica-a", config)?;
+    scheduler.wait_ready(Duration::from_secs(30)).await?;
+    create_pod(&client, pod_json("warm-up", "100m")).await?;
+    wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    wait_until(
+        "the warm-up's event written",
+        Duration::from_secs(10),
+        || async { Ok(!events_of(&client, "warm-up").await?.is_empty()) },
+    )
+    .await?;
+
+    // A StatefulSet's pod is created, and the scheduler's bind for it is held.
+    let pods = Api::<Pod>::namespaced(client.clone(), NS);
+    proxy.hold_requests();
+    create_pod(&client, pod_json("web-0", "100m")).await?;
+    let first = pods.get("web-0").await?.metadata.uid.context("uid")?;
+    wait_until(
+        "the bind is on its way",
+        Duration::from_secs(20),
+        || async { Ok(proxy.held_requests() > 0) },
+    )
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+    // Meanwhile the pod is deleted; the bind arrives and is refused (no such pod), and the
+    // refusal is held until a namesake (another UID) is waiting in the scheduler's queue.
+    let delete = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(first.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    pods.delete("web-0", &delete).await?;
+    wait_until("web-0 deleted", Duration::from_secs(10), || async {
+        Ok(pods.get_opt("web-0").await?.is_none())
+    })
+    .await?;
+    proxy.hold_answers();
+    wait_until("the refusal is held", Duration::from_secs(20), || async {
+        Ok(proxy.held_requests() == 0 && proxy.held_answers() > 0)
+    })
+    .await?;
+    // A connection opened while held may first have held the end of its TLS handshake: give the
+    // apiserver time to answer the bind itself (it takes milliseconds).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create_pod(&client, pod_json("web-0", "100m")).await?;
+    let second = pods.get("web-0").await?.metadata.uid.context("uid")?;
+    assert_ne!(first, second);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.open();
+    let placed = wait_bound(&client, 2, Duration::from_secs(20))
+        .await
+        .with_context(|| scheduler.log_tail(40))?;
+    assert!(placed.contains_key("web-0"), "{placed:?}");
+    let bound = pods.get("web-0").await?;
+    assert_eq!(bound.metadata.uid.as_deref(), Some(second.as_str()));
+    assert!(scheduler.is_running(), "{}", scheduler.log_tail(40));
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! A TCP proxy between a client and a real server that a test can make hold the client's requests
+//! (what the server sends on other connections, such as watch streams, still flows), then let
+//! them through while holding their answers: so a request is deterministically on its way, and
+//! its answer deterministically late, for as long as the test needs. TLS passes through: the
+//! client still talks to the real server; handshake records are never held, so a connection
+//! opened while requests are held can still get as far as sending its request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// Requests wait in the proxy.
+    HoldRequests,
+    /// Requests flow; what the server answers on connections whose requests were held waits.
+    HoldAnswers,
+}
+
+/// The first byte of a TLS handshake record (ClientHello and the like).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Stops forwarding (and closes its connections) on drop.
+pub struct HoldingProxy {
+    addr: SocketAddr,
+    phase: watch::Sender<Phase>,
+    held_requests: Arc<AtomicUsize>,
+    held_answers: Arc<AtomicUsize>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+/// Copies `from` to `to`; a chunk that `hold` says must wait is counted in `held` until the
+/// phase lets it through.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut phase: watch::Receiver<Phase>,
+    held: Arc<AtomicUsize>,
+    hold: impl Fn(Phase, &[u8]) -> bool,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let current = *phase.borrow();
+        if hold(current, &buf[..n]) {
+            held.fetch_add(n, Ordering::SeqCst);
+            if phase.wait_for(|p| !hold(*p, &buf[..n])).await.is_err() {
+                return;
+            }
+            held.fetch_sub(n, Ordering::SeqCst);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl HoldingProxy {
+    /// Listens on a free loopback port and forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (phase, watcher) = watch::channel(Phase::Open);
+        let held_requests = Arc::new(AtomicUsize::new(0));
+        let held_answers = Arc::new(AtomicUsize::new(0));
+        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (requests, answers, registry) =
+            (held_requests.clone(), held_answers.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                // Set once a request of this connection was held: its answers are the ones to hold.
+                let marked = Arc::new(AtomicBool::new(false));
+                let mark = marked.clone();
+                let up = tokio::spawn(pump(
+                    from_client,
+                    to_server,
+                    watcher.clone(),
+                    requests.clone(),
+                    move |phase, chunk| {
+                        let hold = phase == Phase::HoldRequests && chunk[0] != TLS_HANDSHAKE;
+                        if hold {
+                            mark.store(true, Ordering::SeqCst);
+                        }
+                        hold
+                    },
+                ));
+                let down = tokio::spawn(pump(
+                    from_server,
+                    to_client,
+                    watcher.clone(),
+                    answers.clone(),
+                    move |phase, _| phase != Phase::Open && marked.load(Ordering::SeqCst),
+                ));
+                let mut registry = registry.lock().unwrap();
+                registry.push(up.abort_handle());
+                registry.push(down.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Ok(Self {
+            addr,
+            phase,
+            held_requests,
+            held_answers,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// From now on, requests wait in the proxy.
+    pub fn hold_requests(&self) {
+        self.phase.send_replace(Phase::HoldRequests);
+    }
+
+    /// Lets the held requests (and later ones) through, but holds what the server answers on
+    /// their connections.
+    pub fn hold_answers(&self) {
+        self.phase.send_replace(Phase::HoldAnswers);
+    }
+
+    /// Forwards everything held, and everything after it.
+    pub fn open(&self) {
+        self.phase.send_replace(Phase::Open);
+    }
+
+    /// Bytes of requests being held.
+    pub fn held_requests(&self) -> usize {
+        self.held_requests.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of answers being held.
+    pub fn held_answers(&self) -> usize {
+        self.held_answers.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HoldingProxy {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The port of an `https://host:port` URL.
+pub fn url_port(url: &str) -> Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("no port in {url}"))
+}
