@@ -71,6 +71,11 @@ pub struct ReportsConfig {
     /// the default curve. Default: 3 × `interval`.
     #[serde(with = "humantime_serde::option")]
     pub stale_after: Option<Duration>,
+    /// A pod bound to a node counts on top of the node's measured utilisation until a report
+    /// observed this long after the bind: the time a pod takes to start (image pull, init
+    /// containers) and show in measurements.
+    #[serde(with = "humantime_serde")]
+    pub pod_start_window: Duration,
     /// Linear curve for nodes without a fresh report.
     pub default_idle_watts: f64,
     pub default_peak_watts: f64,
@@ -81,6 +86,7 @@ impl Default for ReportsConfig {
         Self {
             interval: Duration::from_secs(10),
             stale_after: None,
+            pod_start_window: Duration::from_secs(30),
             default_idle_watts: 100.0,
             default_peak_watts: 300.0,
         }
@@ -323,6 +329,9 @@ impl SchedulerConfig {
                 "must be at least reports.interval",
             ));
         }
+        if r.pod_start_window > Duration::from_secs(600) {
+            return Err(invalid("reports.pod_start_window", "must be at most 10m"));
+        }
         for (key, w) in [
             ("reports.default_idle_watts", r.default_idle_watts),
             ("reports.default_peak_watts", r.default_peak_watts),
@@ -441,6 +450,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.scheduler_name, "wattwise");
         assert_eq!(c.reports.stale_after(), Duration::from_secs(30));
+        assert_eq!(c.reports.pod_start_window, Duration::from_secs(30));
         assert_eq!(c.policy.lowest_energy_level, EnergyLevel::LowPowered);
     }
 
@@ -468,6 +478,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("leader_election.renew_deadline"));
+        let c = SchedulerConfig::from_yaml("reports:\n  pod_start_window: 1h\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("reports.pod_start_window"));
+        let err = SchedulerConfig::from_yaml("reports:\n  pod_start_window: -1s\n").unwrap_err();
+        assert!(err.contains("pod_start_window"), "{err}");
         let c = SchedulerConfig::from_yaml("reports:\n  default_idle_watts: .nan\n").unwrap();
         assert!(c
             .validate()

@@ -1,4 +1,5 @@
-//! Pending pods for this scheduler: highest priority first, then first come first served.
+//! Pending pods for this scheduler, keyed by UID, with what the policy needs to place each: the
+//! one place that holds them. Highest priority first, then first come first served.
 //! A pod that could not be placed waits as unschedulable until an event that could help (node
 //! added or changed, pod deleted, an agent report that changes a node's energy level) or
 //! `unschedulable_retry` passes; every retry respects its exponential backoff. Nothing here
@@ -6,12 +7,15 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::cluster::cache::PodKey;
+use crate::cluster::store::PodUid;
+use crate::policy::PodRequest;
+
+type PodKey = PodUid;
 
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
@@ -30,6 +34,7 @@ enum State {
 
 #[derive(Debug)]
 struct Entry {
+    pod: Arc<PodRequest>,
     priority: i32,
     seq: u64,
     attempts: u32,
@@ -70,10 +75,35 @@ struct QueueState {
     cluster_changed: bool,
 }
 
+impl QueueState {
+    /// Drops queued items whose pod left once they could outnumber the pods held: a standby
+    /// replica never pops, and would otherwise keep an item for every pod it ever saw waiting.
+    /// Amortised constant per removal.
+    fn compact_if_wasteful(&mut self) {
+        let limit = 2 * self.entries.len() + 64;
+        if self.active.len() > limit {
+            let entries = &self.entries;
+            self.active.retain(|item| {
+                entries.get(&item.key).is_some_and(|e| {
+                    e.state == State::Active && e.seq == item.seq && e.priority == item.priority
+                })
+            });
+        }
+        if self.backoff.len() > limit {
+            let entries = &self.entries;
+            self.backoff.retain(|Reverse((_, seq, key))| {
+                entries
+                    .get(key)
+                    .is_some_and(|e| e.state == State::Backoff && e.seq == *seq)
+            });
+        }
+    }
+}
+
 /// A pod handed to the decision loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Popped {
-    pub key: PodKey,
+    pub pod: Arc<PodRequest>,
     /// When the queue first saw the pod pending (for queue→bind latency).
     pub first_seen: Instant,
     pub attempts: u32,
@@ -108,17 +138,20 @@ impl SchedulingQueue {
     }
 
     /// A pending pod appeared or changed. New pods go to the back of their priority.
-    pub fn add(&self, key: &str, priority: i32, now: Instant) {
+    pub fn add(&self, pod: Arc<PodRequest>, now: Instant) {
         let mut s = self.lock();
-        match s.entries.get_mut(key) {
+        let priority = pod.priority;
+        let key = pod.uid.clone();
+        match s.entries.get_mut(&key) {
             Some(e) => {
+                e.pod = pod;
                 // The pod itself changed (e.g. its scheduling gates were removed): that may be
                 // what it waited for, so it retries after its backoff, not after the next
                 // cluster event.
                 if let State::Unschedulable { .. } = e.state {
                     e.priority = priority;
                     e.state = State::Backoff;
-                    let item = Reverse((e.retry_at, e.seq, key.to_string()));
+                    let item = Reverse((e.retry_at, e.seq, key));
                     s.backoff.push(item);
                     drop(s);
                     self.wake.notify_one();
@@ -127,11 +160,7 @@ impl SchedulingQueue {
                 if e.priority != priority && e.state == State::Active {
                     e.priority = priority;
                     let seq = e.seq;
-                    s.active.push(ActiveItem {
-                        priority,
-                        seq,
-                        key: key.to_string(),
-                    });
+                    s.active.push(ActiveItem { priority, seq, key });
                 } else {
                     e.priority = priority;
                 }
@@ -140,8 +169,9 @@ impl SchedulingQueue {
                 let seq = s.next_seq;
                 s.next_seq += 1;
                 s.entries.insert(
-                    key.to_string(),
+                    key.clone(),
                     Entry {
+                        pod,
                         priority,
                         seq,
                         attempts: 0,
@@ -150,11 +180,7 @@ impl SchedulingQueue {
                         first_seen: now,
                     },
                 );
-                s.active.push(ActiveItem {
-                    priority,
-                    seq,
-                    key: key.to_string(),
-                });
+                s.active.push(ActiveItem { priority, seq, key });
                 drop(s);
                 self.wake.notify_one();
             }
@@ -163,7 +189,9 @@ impl SchedulingQueue {
 
     /// The pod is no longer ours to place (bound, deleted, finished).
     pub fn remove(&self, key: &str) {
-        self.lock().entries.remove(key);
+        let mut s = self.lock();
+        s.entries.remove(key);
+        s.compact_if_wasteful();
     }
 
     /// Something changed that could make unschedulable pods fit; they retry after their backoff.
@@ -279,9 +307,9 @@ impl SchedulingQueue {
                     }
                     e.state = State::InFlight;
                     return Popped {
+                        pod: e.pod.clone(),
                         first_seen: e.first_seen,
                         attempts: e.attempts,
-                        key: item.key,
                     };
                 }
                 next_due
@@ -313,6 +341,13 @@ impl SchedulingQueue {
     pub fn contains(&self, key: &str) -> bool {
         self.lock().entries.contains_key(key)
     }
+
+    /// Pods held, and queued items including outdated ones (for tests of memory bounds).
+    #[cfg(test)]
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        (s.entries.len(), s.active.len(), s.backoff.len())
+    }
 }
 
 #[cfg(test)]
@@ -327,21 +362,27 @@ mod tests {
         })
     }
 
+    fn pod(uid: &str, priority: i32) -> Arc<PodRequest> {
+        let mut pod = crate::policy::fixtures::pod(uid);
+        pod.priority = priority;
+        Arc::new(pod)
+    }
+
     async fn pop_now(q: &SchedulingQueue) -> Option<String> {
         tokio::time::timeout(Duration::from_millis(5), q.pop())
             .await
             .ok()
-            .map(|p| p.key)
+            .map(|p| p.pod.uid.clone())
     }
 
     #[tokio::test]
     async fn priority_first_then_fifo() {
         let q = queue();
         let now = Instant::now();
-        q.add("ns/low-1", 0, now);
-        q.add("ns/high", 100, now);
-        q.add("ns/low-2", 0, now);
-        q.add("ns/mid", 10, now);
+        q.add(pod("ns/low-1", 0), now);
+        q.add(pod("ns/high", 100), now);
+        q.add(pod("ns/low-2", 0), now);
+        q.add(pod("ns/mid", 10), now);
         let mut order = Vec::new();
         while let Some(k) = pop_now(&q).await {
             order.push(k);
@@ -352,9 +393,9 @@ mod tests {
     #[tokio::test]
     async fn unschedulable_pods_wait_for_an_event_then_their_backoff() {
         let q = queue();
-        q.add("ns/a", 0, Instant::now());
+        q.add(pod("ns/a", 0), Instant::now());
         let p = q.pop().await;
-        q.unschedulable(&p.key, Instant::now());
+        q.unschedulable(&p.pod.uid, Instant::now());
         assert_eq!(q.depth().unschedulable, 1);
         assert_eq!(pop_now(&q).await, None, "no event, no retry");
         q.cluster_changed();
@@ -362,7 +403,7 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_secs(1), q.pop())
             .await
             .unwrap();
-        assert_eq!(again.key, "ns/a");
+        assert_eq!(again.pod.uid, "ns/a");
         assert_eq!(again.attempts, 1);
         assert!(t.elapsed() < Duration::from_millis(200));
     }
@@ -370,14 +411,14 @@ mod tests {
     #[tokio::test]
     async fn unschedulable_pods_are_retried_without_events_too() {
         let q = queue();
-        q.add("ns/a", 0, Instant::now());
+        q.add(pod("ns/a", 0), Instant::now());
         let p = q.pop().await;
         let t = Instant::now();
-        q.unschedulable(&p.key, t);
+        q.unschedulable(&p.pod.uid, t);
         let again = tokio::time::timeout(Duration::from_secs(2), q.pop())
             .await
             .unwrap();
-        assert_eq!(again.key, "ns/a");
+        assert_eq!(again.pod.uid, "ns/a");
         assert!(
             t.elapsed() >= Duration::from_millis(300),
             "{:?}",
@@ -406,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn bind_errors_back_off_exponentially_up_to_the_cap() {
         let q = queue();
-        q.add("ns/a", 0, Instant::now());
+        q.add(pod("ns/a", 0), Instant::now());
         q.pop().await;
         let mut waits = Vec::new();
         for _ in 0..4 {
@@ -427,8 +468,8 @@ mod tests {
     #[tokio::test]
     async fn removed_pods_are_never_popped() {
         let q = queue();
-        q.add("ns/a", 0, Instant::now());
-        q.add("ns/b", 0, Instant::now());
+        q.add(pod("ns/a", 0), Instant::now());
+        q.add(pod("ns/b", 0), Instant::now());
         q.remove("ns/a");
         assert_eq!(pop_now(&q).await.as_deref(), Some("ns/b"));
         assert_eq!(pop_now(&q).await, None);
@@ -445,9 +486,9 @@ mod tests {
     async fn a_waiting_pop_wakes_on_add() {
         let q = std::sync::Arc::new(queue());
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.pop().await.key });
+        let waiter = tokio::spawn(async move { q2.pop().await.pod.uid.clone() });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        q.add("ns/late", 0, Instant::now());
+        q.add(pod("ns/late", 0), Instant::now());
         let key = tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .unwrap()

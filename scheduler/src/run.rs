@@ -53,18 +53,17 @@ pub async fn run(
 ) -> Result<()> {
     let identity = config.identity.clone().unwrap_or_else(default_identity);
     let metrics = SchedulerMetrics::new();
-    let default_curve = Arc::new(
-        PowerCurve::linear(
-            config.reports.default_idle_watts,
-            config.reports.default_peak_watts,
-        )
-        .context("reports.default_idle_watts/default_peak_watts")?,
-    );
+    let default_curve = PowerCurve::linear(
+        config.reports.default_idle_watts,
+        config.reports.default_peak_watts,
+    )
+    .context("reports.default_idle_watts/default_peak_watts")?;
     let cache = Arc::new(Mutex::new(ClusterCache::new(CacheSettings {
         scheduler_name: config.scheduler_name.clone(),
         energy_label: config.policy.energy_label.clone(),
         default_cpu_millicores: config.policy.default_cpu_millicores,
         stale_after: config.reports.stale_after(),
+        start_window: config.reports.pod_start_window,
         default_curve,
     })));
     let queue = Arc::new(SchedulingQueue::new(QueueSettings {
@@ -205,7 +204,7 @@ pub async fn run(
                 let summary = cache
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .refresh_power(std::time::Instant::now());
+                    .advance(std::time::Instant::now());
                 metrics.nodes(summary.nodes, summary.stale_nodes);
             }
         })

@@ -41,10 +41,8 @@ const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// What a bind task needs.
 struct Placement {
     popped: Popped,
-    pod: Arc<PodRequest>,
     node: String,
     decision: Decision,
-    assumed_at: Instant,
 }
 
 impl DecisionLoop {
@@ -73,7 +71,7 @@ impl DecisionLoop {
             };
             // A replica that stepped down while waiting starts no bind.
             if !*leader.borrow() {
-                self.queue.release(&popped.key);
+                self.queue.release(&popped.pod.uid);
                 continue;
             }
             self.decide(popped, permit);
@@ -81,31 +79,29 @@ impl DecisionLoop {
     }
 
     fn decide(self: &Arc<Self>, popped: Popped, permit: OwnedSemaphorePermit) {
+        let pod = popped.pod.clone();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(pod) = cache.pending(&popped.key) else {
-            // Bound by someone else, deleted, or no longer ours since it was queued.
-            self.queue.remove(&popped.key);
-            return;
-        };
+        if !self.queue.contains(&pod.uid) {
+            return; // bound by someone else, deleted, or no longer ours since it was popped
+        }
         let pod = self.claims.resolve(pod);
+        let key = pod_key(&pod);
         let now = Instant::now();
-        let summary = cache.refresh_power(now);
+        let summary = cache.advance(now);
         self.metrics.nodes(summary.nodes, summary.stale_nodes);
         let started = Instant::now();
         let result = policy::schedule(&pod, cache.snapshot(), &self.filters, &self.score);
         self.metrics.decision(started.elapsed().as_secs_f64());
         match result {
             Ok(decision) => {
-                let node = cache.nodes()[decision.node].name.clone();
-                cache.assume(&popped.key, &pod, &node, now);
+                let node = cache.snapshot().name(decision.node).to_string();
+                cache.assume(&pod, &node, now);
                 drop(cache);
-                debug!(pod = %popped.key, %node, marginal = %decision.marginal.watts, "assumed");
+                debug!(pod = %key, uid = %pod.uid, %node, marginal = %decision.marginal.watts, "assumed");
                 let placement = Placement {
                     popped,
-                    pod,
                     node,
                     decision,
-                    assumed_at: now,
                 };
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -116,9 +112,9 @@ impl DecisionLoop {
             Err(unschedulable) => {
                 drop(cache);
                 let message = unschedulable.to_string();
-                info!(pod = %popped.key, reason = %message, "unschedulable");
+                info!(pod = %key, reason = %message, "unschedulable");
                 self.metrics.attempt(AttemptResult::Unschedulable);
-                self.queue.unschedulable(&popped.key, now);
+                self.queue.unschedulable(&pod.uid, now);
                 self.events
                     .record(pod_ref(&pod), EventKind::FailedScheduling, message);
             }
@@ -126,7 +122,8 @@ impl DecisionLoop {
     }
 
     async fn bind(&self, p: Placement) {
-        let pod = &p.pod;
+        let pod = &p.popped.pod;
+        let key = pod_key(pod);
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(pod.name.clone()),
@@ -147,7 +144,7 @@ impl DecisionLoop {
             api.create_subresource::<_, serde_json::Value>("binding", &pod.name, &params, &binding);
         match tokio::time::timeout(self.bind_timeout, call).await {
             Ok(Ok(_)) => {
-                self.queue.remove(&p.popped.key);
+                self.queue.remove(&pod.uid);
                 let watts = p.decision.marginal.watts;
                 self.metrics.attempt(AttemptResult::Scheduled);
                 self.metrics
@@ -169,29 +166,28 @@ impl DecisionLoop {
                 };
                 let message = format!(
                     "assigned {} to {}: {} predicted{}{}, energy {}",
-                    p.popped.key, p.node, watts, freshness, load, energy
+                    key, p.node, watts, freshness, load, energy
                 );
-                info!(pod = %p.popped.key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, "bound");
+                info!(pod = %key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, "bound");
                 self.events
                     .record(pod_ref(pod), EventKind::Scheduled, message);
             }
-            // Already bound (another replica, a previous attempt) or gone: the watch knows
-            // where it went; nothing to retry.
+            // Already bound (another replica, a previous attempt), or this pod (UID) is gone,
+            // maybe replaced by a namesake: the watch knows where it went; nothing to retry.
+            // Only this UID is dropped; a namesake is another pod with its own entries.
             Ok(Err(kube::Error::Api(e))) if e.code == 409 || e.code == 404 => {
-                warn!(pod = %p.popped.key, node = %p.node, code = e.code, reason = %e.message, "bind refused; dropping the pod from the queue");
+                warn!(pod = %key, uid = %pod.uid, node = %p.node, code = e.code, reason = %e.message, "bind refused; dropping the pod from the queue");
                 self.metrics.bind_error(if e.code == 409 {
                     "conflict"
                 } else {
                     "not_found"
                 });
                 self.metrics.attempt(AttemptResult::Error);
-                self.queue.remove(&p.popped.key);
-                if e.code == 404 {
-                    self.cache
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .delete_pod(&pod.namespace, &pod.name);
-                }
+                self.queue.remove(&pod.uid);
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget(&pod.uid);
             }
             failed => {
                 let error = match failed {
@@ -199,19 +195,23 @@ impl DecisionLoop {
                     _ => format!("no answer within api.timeout ({:?})", self.bind_timeout),
                 };
                 // Un-assumed like any failure: if the bind did land, the watch shows the pod bound.
-                warn!(pod = %p.popped.key, node = %p.node, %error, "bind failed; retrying with backoff");
+                warn!(pod = %key, uid = %pod.uid, node = %p.node, %error, "bind failed; retrying with backoff");
                 self.metrics.bind_error("error");
                 self.metrics.attempt(AttemptResult::Error);
-                self.cache.lock().unwrap_or_else(|e| e.into_inner()).forget(
-                    &p.popped.key,
-                    p.pod.clone(),
-                    &p.node,
-                    p.assumed_at,
-                );
-                self.queue.retry_later(&p.popped.key, Instant::now());
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget(&pod.uid);
+                // A no-op if the pod left meanwhile: nothing brings it back.
+                self.queue.retry_later(&pod.uid, Instant::now());
             }
         }
     }
+}
+
+/// `namespace/name`, for people: logs and events.
+fn pod_key(pod: &PodRequest) -> String {
+    format!("{}/{}", pod.namespace, pod.name)
 }
 
 fn pod_ref(pod: &PodRequest) -> PodRef {

@@ -310,16 +310,6 @@ impl ControlPlane {
         Ok(Client::try_from(config)?)
     }
 
-    /// Writes an admin kubeconfig for the API server reached at `addr` on 127.0.0.1 (a proxy in
-    /// front of it; the serving certificate is for 127.0.0.1) into `path`.
-    pub fn write_admin_kubeconfig_via(
-        &self,
-        path: &Path,
-        addr: std::net::SocketAddr,
-    ) -> Result<()> {
-        write_kubeconfig(path, self.dir.path(), addr.port(), "admin", ADMIN_TOKEN)
-    }
-
     /// The API server's address.
     pub fn apiserver_addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
@@ -328,6 +318,15 @@ impl ControlPlane {
     /// An admin kubeconfig, usable by kubectl.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.admin_kubeconfig
+    }
+
+    /// An admin kubeconfig whose server is `addr` on 127.0.0.1 (e.g. a proxy in front of the
+    /// apiserver; the serving certificate is for 127.0.0.1, so TLS passes through it).
+    pub fn kubeconfig_via(&self, addr: std::net::SocketAddr) -> Result<PathBuf> {
+        let port = addr.port();
+        let path = self.dir.path().join(format!("admin-via-{port}.kubeconfig"));
+        write_kubeconfig(&path, self.dir.path(), port, "admin", ADMIN_TOKEN)?;
+        Ok(path)
     }
 
     pub fn server_url(&self) -> String {

@@ -7,6 +7,7 @@
 //! - [`prometheus`]: Debian's Prometheus with a generated scrape config, and a query helper.
 //! - [`grpcurl`]: the real grpcurl binary as an external gRPC client.
 //! - [`receiver`]: a real PowerReports server standing in for a scheduler replica.
+//! - [`proxy`]: a TCP proxy that can hold what a client sends to a real server.
 //! - [`reports`]: real gRPC clients streaming node reports to the scheduler.
 //! - [`scheduler`]: the real `wattwise-scheduler` binary against a control plane.
 //! - [`specpower`]: the SPECpower results in data/specpower/ and models/held_out.csv.

@@ -718,3 +718,209 @@ async fn pods_with_constraints_standalone_mode_does_not_evaluate_are_refused_by_
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_energy_level_expires_with_its_report() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("battery"),
+            FakeNode::new("labelled").label("energy-status", "vulnerable"),
+        ],
+    )
+    .await?;
+    // Unknown energy ranks below vulnerable here, so a level that stops counting shows.
+    let scheduler = SchedulerProcess::start(
+        &plane,
+        "replica-a",
+        "policy: {unknown_energy_level: low-powered}\n",
+    )
+    .await?;
+    let stale_nodes = || scheduler.metric("wattwise_scheduler_stale_nodes");
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    // The battery node is the dearer one: only its level can make it win.
+    let battery =
+        NodePowerSpec::new(4000, 100.0, 400.0, 1.0).energy(pb::EnergyLevel::WellPowered, 90.0);
+    pump.set("battery", battery.clone());
+    pump.set("labelled", NodePowerSpec::new(4000, 100.0, 150.0, 1.0));
+    wait_until("both nodes fresh", Duration::from_secs(20), || async {
+        Ok(stale_nodes().await? == Some(0.0))
+    })
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+    create_pod(&client, pod_json("while-reported", "100m")).await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert_eq!(placed["while-reported"], "battery", "well-powered first");
+
+    // The agents stop (stale_after is 3 s here): the battery's level goes with its report,
+    // the label stays.
+    drop(pump);
+    wait_until("both nodes stale", Duration::from_secs(20), || async {
+        Ok(stale_nodes().await? == Some(2.0))
+    })
+    .await?;
+    create_pod(&client, pod_json("after-reports", "100m")).await?;
+    let placed = wait_bound(&client, 2, Duration::from_secs(20)).await?;
+    assert_eq!(
+        placed["after-reports"], "labelled",
+        "an expired level must not count: {placed:?}"
+    );
+
+    // A report the agent buffered for a minute arrives: accepted, but as old as its readings.
+    let mut stream = ReportStream::connect(scheduler.grpc_addr()).await?;
+    let mut buffered = battery.report("battery", "late-agent", 1);
+    buffered.observed_at = Some((std::time::SystemTime::now() - Duration::from_secs(60)).into());
+    assert!(stream.send(buffered).await?.accepted);
+    create_pod(&client, pod_json("after-buffered", "100m")).await?;
+    let placed = wait_bound(&client, 3, Duration::from_secs(20)).await?;
+    assert_eq!(
+        placed["after-buffered"], "labelled",
+        "a report observed past stale_after is not fresh: {placed:?}"
+    );
+    assert_eq!(stale_nodes().await?, Some(2.0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_onto_slowly_starting_pods_spreads_as_the_prices_imply() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    // Convex curves: every pod on a node makes the next one there dearer.
+    let specs = [
+        ("a", NodePowerSpec::new(4000, 80.0, 300.0, 2.0)),
+        ("b", NodePowerSpec::new(4000, 90.0, 330.0, 2.0)),
+        ("c", NodePowerSpec::new(4000, 100.0, 360.0, 2.0)),
+    ];
+    for (name, _) in &specs {
+        plane.create_ready_node(&FakeNode::new(name)).await?;
+    }
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    // The agents report several times during the burst, and always the utilisation before it:
+    // no kubelet starts the pods, as no pod has started yet shortly after its bind.
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(200));
+    for (name, spec) in &specs {
+        pump.set(name, spec.clone());
+    }
+    wait_until("three nodes reporting", Duration::from_secs(20), || async {
+        Ok(scheduler.metric("wattwise_scheduler_stale_nodes").await? == Some(0.0))
+    })
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+
+    // The spread the prices imply: each pod where it adds the fewest watts, counting the pods
+    // placed before it (the scheduler's tie tolerance is 0.05 W; no two prices come that close).
+    const PODS: usize = 12;
+    const POD_CPU: u64 = 500;
+    let curves: Vec<_> = specs
+        .iter()
+        .map(|(_, s)| wattwise_core::PowerCurve::new(s.curve.clone()))
+        .collect::<Result<_, _>>()?;
+    let mut implied = BTreeMap::<String, usize>::new();
+    for _ in 0..PODS {
+        let mut prices: Vec<(f64, &str)> = (specs.iter().zip(&curves))
+            .map(|((name, spec), curve)| {
+                let placed = implied.get(*name).copied().unwrap_or(0) as u64 * POD_CPU;
+                let u = placed as f64 / spec.capacity_millicores as f64;
+                let watts = curve.marginal(u, spec.capacity_millicores, POD_CPU).watts.0;
+                (watts, *name)
+            })
+            .collect();
+        prices.sort_by(|x, y| x.0.total_cmp(&y.0));
+        assert!(prices[1].0 - prices[0].0 > 0.05, "{prices:?}");
+        *implied.entry(prices[0].1.to_string()).or_default() += 1;
+    }
+
+    // One by one, spanning several reports.
+    for i in 0..PODS {
+        create_pod(&client, pod_json(&format!("slow-{i:02}"), "500m")).await?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let placed = wait_bound(&client, PODS, Duration::from_secs(30)).await?;
+    let mut per_node = BTreeMap::<String, usize>::new();
+    for node in placed.values() {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    assert_eq!(per_node, implied, "bound pods must count until measured");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namesake_recreated_while_a_bind_is_on_its_way_is_scheduled() -> Result<()> {
+    use kube::api::{DeleteParams, Preconditions};
+    use wattwise_testenv::proxy::FaultProxy;
+
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("a"), FakeNode::new("b")]).await?;
+    // The scheduler reaches the apiserver through a proxy that can hold its requests and their
+    // answers while the watches keep delivering; without leader election no Lease renewal needs
+    // to get through. One bind at a time, so the namesake waits its turn in the queue.
+    let proxy = FaultProxy::start(plane.apiserver_addr()).await?;
+    let kubeconfig = plane.kubeconfig_via(proxy.addr())?;
+    let config = "\
+reports: {interval: 1s}
+binding: {concurrency: 1, backoff_initial: 200ms, backoff_max: 2s, unschedulable_retry: 60s}
+leader_election: {enabled: false}
+";
+    let mut scheduler = SchedulerProcess::spawn_with_kubeconfig(&kubeconfig, "replica-a", config)?;
+    scheduler.wait_ready(Duration::from_secs(30)).await?;
+    create_pod(&client, pod_json("warm-up", "100m")).await?;
+    wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    wait_until(
+        "the warm-up's event written",
+        Duration::from_secs(10),
+        || async { Ok(!events_of(&client, "warm-up").await?.is_empty()) },
+    )
+    .await?;
+
+    // A StatefulSet's pod is created, and the scheduler's bind for it is held.
+    let pods = Api::<Pod>::namespaced(client.clone(), NS);
+    proxy.hold_requests();
+    create_pod(&client, pod_json("web-0", "100m")).await?;
+    let first = pods.get("web-0").await?.metadata.uid.context("uid")?;
+    wait_until(
+        "the bind is on its way",
+        Duration::from_secs(20),
+        || async { Ok(proxy.held_requests() > 0) },
+    )
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
+    // Meanwhile the pod is deleted; the bind arrives and is refused (no such pod), and the
+    // refusal is held until a namesake (another UID) is waiting in the scheduler's queue.
+    let delete = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(first.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    pods.delete("web-0", &delete).await?;
+    wait_until("web-0 deleted", Duration::from_secs(10), || async {
+        Ok(pods.get_opt("web-0").await?.is_none())
+    })
+    .await?;
+    proxy.hold_answers();
+    wait_until("the refusal is held", Duration::from_secs(20), || async {
+        Ok(proxy.held_requests() == 0 && proxy.held_answers() > 0)
+    })
+    .await?;
+    // A connection opened while held may first have held the end of its TLS handshake: give the
+    // apiserver time to answer the bind itself (it takes milliseconds).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    create_pod(&client, pod_json("web-0", "100m")).await?;
+    let second = pods.get("web-0").await?.metadata.uid.context("uid")?;
+    assert_ne!(first, second);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.open();
+    let placed = wait_bound(&client, 2, Duration::from_secs(20))
+        .await
+        .with_context(|| scheduler.log_tail(40))?;
+    assert!(placed.contains_key("web-0"), "{placed:?}");
+    let bound = pods.get("web-0").await?;
+    assert_eq!(bound.metadata.uid.as_deref(), Some(second.as_str()));
+    assert!(scheduler.is_running(), "{}", scheduler.log_tail(40));
+    Ok(())
+}

@@ -12,7 +12,7 @@ use kube::Client;
 use serde_json::json;
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::process::wait_until;
-use wattwise_testenv::proxy::FreezableProxy;
+use wattwise_testenv::proxy::FaultProxy;
 use wattwise_testenv::scheduler::SchedulerProcess;
 
 const NS: &str = "default";
@@ -86,7 +86,7 @@ async fn scheduled(s: &SchedulerProcess) -> Result<f64> {
 struct Pair {
     plane: ControlPlane,
     client: Client,
-    proxy: FreezableProxy,
+    proxy: FaultProxy,
     behind_proxy: SchedulerProcess,
     _kubeconfig_dir: tempfile::TempDir,
 }
@@ -97,10 +97,8 @@ async fn replica_behind_proxy(config: &str, nodes: &[FakeNode]) -> Result<Pair> 
     for node in nodes {
         plane.create_ready_node(node).await?;
     }
-    let proxy = FreezableProxy::start(plane.apiserver_addr()).await?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("via-proxy.kubeconfig");
-    plane.write_admin_kubeconfig_via(&kubeconfig, proxy.addr())?;
+    let proxy = FaultProxy::start(plane.apiserver_addr()).await?;
+    let kubeconfig = plane.kubeconfig_via(proxy.addr())?;
     let mut behind_proxy =
         SchedulerProcess::spawn_with_kubeconfig(&kubeconfig, "replica-a", config)?;
     behind_proxy.wait_ready(Duration::from_secs(30)).await?;
@@ -187,7 +185,7 @@ async fn a_hung_apiserver_makes_the_leader_step_down_before_the_standby_leads() 
         None
     );
 
-    proxy.unfreeze();
+    proxy.open();
     // Longer than a lease: the old leader sees the new holder and stays a standby.
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
@@ -313,7 +311,7 @@ health: {max_silence: 5s}
     let ready = wait_status(&scheduler, "/readyz", 503, Duration::from_secs(60)).await?;
     assert!(ready.contains("watch down for"), "{ready:?}");
 
-    proxy.unfreeze();
+    proxy.open();
     // The held bind goes through, the slot frees, the loop moves again and binds the rest.
     let placed = wait_bound(&client, 3).await?;
     assert_eq!(placed.len(), 3);

@@ -1,27 +1,28 @@
-//! The scheduler's view of the cluster: nodes, the requests of the pods on them (including pods
-//! this scheduler has bound but not yet seen bound: assumed), our pending pods, and every node's
-//! latest agent report. Watch events, reports and decisions all go through here, so concurrent
-//! decisions see each other.
+//! The scheduler's view of the cluster, in three parts kept apart the way kube-rs keeps watcher,
+//! reflector store and controller apart:
 //!
-//! Memory: raw objects are not kept; each pod is reduced to its requests, host ports and node.
+//! - [`ApiStore`]: what the API server says (nodes, pods and what they use), keyed by pod UID;
+//! - [`Overlay`]: what this scheduler has taken on top of that (pods being bound, pods started
+//!   too recently to be measured), keyed by pod UID;
+//! - [`PowerView`]: every node's latest agent report, with its age.
+//!
+//! [`ClusterCache`] joins them into the [`Snapshot`] the policy scans, updating only the rows an
+//! event changes. Time enters through events alone (a report, a decision's `advance`), so a
+//! decision costs no pass over every node. Pending pods live in the queue, not here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use tracing::warn;
-use wattwise_core::{EnergyLevel, PowerCurve, ValidatedReport};
+use wattwise_core::{PowerCurve, ValidatedReport};
 
-use super::convert::{self, NodeBasics};
+use super::overlay::{Overlay, Reservation, ReservationState};
+use super::power::PowerView;
+pub use super::power::ReportRejection;
+pub use super::store::PodUid;
+use super::store::{pod_uid, ApiStore};
 use crate::policy::{HostPort, NodePower, NodeState, PodRequest, Resources, Snapshot};
-
-/// `namespace/name`.
-pub type PodKey = String;
-
-pub fn pod_key(namespace: &str, name: &str) -> PodKey {
-    format!("{namespace}/{name}")
-}
 
 /// What the cache needs from the configuration.
 #[derive(Debug, Clone)]
@@ -29,100 +30,41 @@ pub struct CacheSettings {
     pub scheduler_name: String,
     pub energy_label: String,
     pub default_cpu_millicores: u64,
+    /// A report counts for this long after its agent observed it.
     pub stale_after: Duration,
+    /// A pod placed on a node counts on top of the node's measured utilisation until a report
+    /// observed this long after it was placed: time for it to start and show in measurements.
+    pub start_window: Duration,
     /// Curve for nodes without a fresh report.
-    pub default_curve: Arc<PowerCurve>,
+    pub default_curve: PowerCurve,
 }
 
-/// Why a report was not taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReportRejection {
-    #[error("node_name: unknown node {0:?}")]
-    UnknownNode(String),
-    #[error("sequence: {got} is not after {last} for agent_instance {instance:?}")]
-    OutOfOrder {
-        instance: String,
-        got: u64,
-        last: u64,
-    },
-}
-
-impl ReportRejection {
-    /// Short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::UnknownNode(_) => "unknown_node",
-            Self::OutOfOrder { .. } => "out_of_order",
-        }
+impl CacheSettings {
+    /// After this, no fresh report can have been observed within `start_window` of a pod's
+    /// placement: its reservation can count no more.
+    fn reservation_horizon(&self) -> Duration {
+        self.start_window.saturating_add(self.stale_after)
     }
 }
 
 /// What a pod watch event means for the scheduling queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PodChange {
     /// One of ours is waiting for a node.
-    Pending(PodKey),
+    Pending(Arc<PodRequest>),
     /// The pod is not (or no longer) ours to schedule: bound, finished, deleted or another
     /// scheduler's.
-    NotPending(PodKey),
+    NotPending(PodUid),
     /// Nothing the queue needs to know (our bind of the pod is still on its way).
     Unchanged,
 }
 
-#[derive(Debug, Clone)]
-struct LatestReport {
-    /// When the report stops being fresh: received plus `stale_after` (`None`: never, the sum
-    /// being past what an `Instant` holds).
-    fresh_until: Option<Instant>,
-    /// When the agent read its inputs, in this process' clock (never after the report arrived).
-    observed_at: Instant,
-    instance: String,
-    sequence: u64,
-    curve: Arc<PowerCurve>,
-    utilisation: f64,
-    capacity_millicores: u64,
-    energy: Option<EnergyLevel>,
-}
-
-#[derive(Debug, Default)]
-struct PowerTrack {
-    report: Option<LatestReport>,
-    /// (when, pricing millicores) of pods bound here, pruned as reports catch up.
-    bound_log: VecDeque<(Instant, u64)>,
-    label_energy: Option<EnergyLevel>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct NodeUsage {
-    requested: Resources,
-    host_ports: Vec<HostPort>,
-}
-
-#[derive(Debug, Clone)]
-struct PodEntry {
-    /// Node whose usage this pod is counted in.
-    node: Option<String>,
-    requests: Resources,
-    host_ports: Vec<HostPort>,
-    /// Bound by us, not yet seen bound in a watch event.
-    assumed: bool,
-}
-
-pub struct ClusterCache {
-    settings: CacheSettings,
-    nodes: Vec<NodeState>,
-    /// `nodes` as the policy scans them, row for row; updated with every change to `nodes`, so
-    /// that no decision builds one.
-    snapshot: Snapshot,
-    tracks: Vec<PowerTrack>,
-    node_index: HashMap<String, usize>,
-    /// Keyed by node name, also for nodes not (yet) seen: pods may arrive first.
-    usage: HashMap<String, NodeUsage>,
-    pods: HashMap<PodKey, PodEntry>,
-    pending: HashMap<PodKey, Arc<PodRequest>>,
-    /// Objects seen since a watcher (re)started its initial list.
-    relist_nodes: Option<HashSet<String>>,
-    relist_pods: Option<HashSet<PodKey>>,
+/// What an accepted report changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// The node's energy level changed: the only thing from reports the filters read, so the
+    /// only way a report can make a waiting pod fit.
+    pub energy_changed: bool,
 }
 
 /// Figures about the power side, for metrics.
@@ -132,19 +74,51 @@ pub struct PowerSummary {
     pub stale_nodes: usize,
 }
 
+/// The snapshot's rows by node name.
+#[derive(Default)]
+struct NodeTable {
+    snapshot: Snapshot,
+    index: HashMap<String, usize>,
+}
+
+impl NodeTable {
+    fn upsert(&mut self, node: &NodeState) {
+        match self.index.get(&node.name) {
+            Some(&i) => self.snapshot.set(i, node),
+            None => {
+                self.index.insert(node.name.clone(), self.snapshot.len());
+                self.snapshot.push(node);
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
+        self.snapshot.swap_remove(i);
+        if i < self.snapshot.len() {
+            self.index.insert(self.snapshot.name(i).to_string(), i);
+        }
+    }
+}
+
+pub struct ClusterCache {
+    settings: CacheSettings,
+    store: ApiStore,
+    overlay: Overlay,
+    power: PowerView,
+    table: NodeTable,
+}
+
 impl ClusterCache {
     pub fn new(settings: CacheSettings) -> Self {
         Self {
             settings,
-            nodes: Vec::new(),
-            snapshot: Snapshot::default(),
-            tracks: Vec::new(),
-            node_index: HashMap::new(),
-            usage: HashMap::new(),
-            pods: HashMap::new(),
-            pending: HashMap::new(),
-            relist_nodes: None,
-            relist_pods: None,
+            store: ApiStore::default(),
+            overlay: Overlay::default(),
+            power: PowerView::default(),
+            table: NodeTable::default(),
         }
     }
 
@@ -152,145 +126,80 @@ impl ClusterCache {
         &self.settings
     }
 
-    pub fn nodes(&self) -> &[NodeState] {
-        &self.nodes
-    }
-
-    /// [`ClusterCache::nodes`] for [`crate::policy::schedule`]: a decision's index into it is
-    /// also an index into `nodes()`.
+    /// The nodes as [`crate::policy::schedule`] reads them; a decision's index names a row.
     pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+        &self.table.snapshot
     }
 
-    pub fn node(&self, name: &str) -> Option<&NodeState> {
-        self.node_index.get(name).map(|&i| &self.nodes[i])
+    pub fn node_count(&self) -> usize {
+        self.table.snapshot.len()
     }
 
     pub fn has_node(&self, name: &str) -> bool {
-        self.node_index.contains_key(name)
+        self.table.index.contains_key(name)
     }
 
-    pub fn pending(&self, key: &str) -> Option<Arc<PodRequest>> {
-        self.pending.get(key).cloned()
-    }
-
-    pub fn pending_keys(&self) -> Vec<PodKey> {
-        self.pending.keys().cloned().collect()
+    /// Node `name` as the policy sees it (built on demand: the snapshot is what decisions read).
+    pub fn node(&self, name: &str) -> Option<NodeState> {
+        let stored = self.store.node(name)?;
+        let (requested, used_host_ports) = self.usage(name);
+        let b = &stored.basics;
+        Some(NodeState {
+            name: b.name.clone(),
+            labels: b.labels.clone(),
+            unschedulable: b.unschedulable,
+            ready: b.ready,
+            taints: b.taints.clone(),
+            allocatable: b.allocatable.clone(),
+            requested,
+            used_host_ports,
+            power: self.power_of(name)?,
+        })
     }
 
     // ---- nodes ----
 
     pub fn apply_node(&mut self, node: &Node) {
-        let basics = match convert::node_basics(node) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "ignoring node that cannot be read");
-                return;
-            }
+        let Some(name) = self.store.apply_node(node, &self.settings.energy_label) else {
+            return;
         };
-        if let Some(seen) = self.relist_nodes.as_mut() {
-            seen.insert(basics.name.clone());
+        if let Some(state) = self.node(&name) {
+            self.table.upsert(&state);
         }
-        let label_energy = match convert::energy_label(&basics.labels, &self.settings.energy_label)
-        {
-            Some(Ok(level)) => Some(level),
-            Some(Err(e)) => {
-                warn!(node = %basics.name, error = %e, "ignoring energy label");
-                None
-            }
-            None => None,
-        };
-        match self.node_index.get(&basics.name) {
-            Some(&i) => {
-                let NodeBasics {
-                    name: _,
-                    labels,
-                    unschedulable,
-                    ready,
-                    taints,
-                    allocatable,
-                } = basics;
-                let n = &mut self.nodes[i];
-                n.labels = labels;
-                n.unschedulable = unschedulable;
-                n.ready = ready;
-                n.taints = taints;
-                n.allocatable = allocatable;
-                self.tracks[i].label_energy = label_energy;
-                self.sync_snapshot(i);
-            }
-            None => {
-                let usage = self.usage.get(&basics.name).cloned().unwrap_or_default();
-                let power = self.default_power(&usage.requested, &basics.allocatable);
-                self.node_index
-                    .insert(basics.name.clone(), self.nodes.len());
-                self.nodes.push(NodeState {
-                    name: basics.name,
-                    labels: basics.labels,
-                    unschedulable: basics.unschedulable,
-                    ready: basics.ready,
-                    taints: basics.taints,
-                    allocatable: basics.allocatable,
-                    requested: usage.requested,
-                    used_host_ports: usage.host_ports,
-                    energy: label_energy,
-                    power,
-                });
-                self.tracks.push(PowerTrack {
-                    label_energy,
-                    ..Default::default()
-                });
-                self.sync_snapshot(self.nodes.len() - 1);
-            }
-        }
+        self.compact_if_wasteful();
     }
 
     pub fn delete_node(&mut self, name: &str) {
-        let Some(i) = self.node_index.remove(name) else {
+        self.store.delete_node(name);
+        self.forget_node(name);
+    }
+
+    fn forget_node(&mut self, name: &str) {
+        self.power.remove(name);
+        self.overlay.drop_node(name);
+        self.table.remove(name);
+        self.compact_if_wasteful();
+    }
+
+    /// Rebuilds the snapshot, row for row, once old strings could outnumber live ones.
+    fn compact_if_wasteful(&mut self) {
+        if !self.table.snapshot.wasteful() {
             return;
-        };
-        self.nodes.swap_remove(i);
-        self.snapshot.swap_remove(i);
-        self.tracks.swap_remove(i);
-        if let Some(moved) = self.nodes.get(i) {
-            self.node_index.insert(moved.name.clone(), i);
         }
-        self.rebuild_snapshot_if_wasteful();
-    }
-
-    /// Brings the snapshot's row `i` in line with `nodes[i]` (appending it for a new node).
-    fn sync_snapshot(&mut self, i: usize) {
-        if i == self.snapshot.len() {
-            self.snapshot.push(&self.nodes[i]);
-        } else {
-            self.snapshot.set(i, &self.nodes[i]);
-        }
-        self.rebuild_snapshot_if_wasteful();
-    }
-
-    fn rebuild_snapshot_if_wasteful(&mut self) {
-        if self.snapshot.wasteful() {
-            self.snapshot = Snapshot::new(&self.nodes);
-        }
+        let nodes: Vec<NodeState> = (0..self.table.snapshot.len())
+            .filter_map(|i| self.node(self.table.snapshot.name(i)))
+            .collect();
+        self.table.snapshot = Snapshot::new(&nodes);
     }
 
     /// A node watcher starts its initial list: nodes not listed again are dropped at the end.
     pub fn begin_node_relist(&mut self) {
-        self.relist_nodes = Some(HashSet::new());
+        self.store.begin_node_relist();
     }
 
     pub fn end_node_relist(&mut self) {
-        let Some(seen) = self.relist_nodes.take() else {
-            return;
-        };
-        let gone: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| !seen.contains(&n.name))
-            .map(|n| n.name.clone())
-            .collect();
-        for name in gone {
-            self.delete_node(&name);
+        for name in self.store.end_node_relist() {
+            self.forget_node(&name);
         }
     }
 
@@ -298,314 +207,218 @@ impl ClusterCache {
 
     /// Takes a pod from a watch event and says what it means for the queue.
     pub fn apply_pod(&mut self, pod: &Pod) -> PodChange {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let key = pod_key(namespace, name);
-        if let Some(seen) = self.relist_pods.as_mut() {
-            seen.insert(key.clone());
+        let seen = self.store.apply_pod(
+            pod,
+            &self.settings.scheduler_name,
+            self.settings.default_cpu_millicores,
+        );
+        let mut touched = seen.touched;
+        let horizon = self.settings.reservation_horizon();
+        let confirmed = self
+            .overlay
+            .confirm(&seen.uid, seen.node.as_deref(), horizon);
+        touched.extend(confirmed);
+        for node in touched {
+            self.refresh(&node);
         }
-        let spec = pod.spec.as_ref();
-        let node_name = spec
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty());
-        let terminal = convert::is_terminal(pod);
-        let request = match convert::pod_request(pod, self.settings.default_cpu_millicores) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(pod = %key, error = %e, "ignoring pod that cannot be read");
-                self.remove_pod(&key);
-                return PodChange::NotPending(key);
-            }
-        };
-        let old = self.pods.get(&key).cloned();
-        let still_assumed =
-            old.as_ref().is_some_and(|o| o.assumed) && node_name.is_none() && !terminal;
-        if still_assumed {
-            // Our bind has not shown up in the watch yet: keep counting the pod where we put it.
-            return PodChange::Unchanged;
-        }
-        if let Some(old) = old {
-            self.uncount(&old);
-        }
-        let entry = PodEntry {
-            node: if terminal { None } else { node_name.clone() },
-            requests: request.requests.clone(),
-            host_ports: request.host_ports.clone(),
-            assumed: false,
-        };
-        self.count(&entry);
-        self.pods.insert(key.clone(), entry);
-        let ours =
-            spec.and_then(|s| s.scheduler_name.as_deref()) == Some(&self.settings.scheduler_name);
-        let deleting = pod.metadata.deletion_timestamp.is_some();
-        if ours && node_name.is_none() && !terminal && !deleting {
-            self.pending.insert(key.clone(), Arc::new(request));
-            PodChange::Pending(key)
-        } else {
-            self.pending.remove(&key);
-            PodChange::NotPending(key)
+        let binding = self
+            .overlay
+            .get(&seen.uid)
+            .is_some_and(|r| r.state == ReservationState::Binding);
+        match seen.pending {
+            // Our bind has not shown up in the watch yet: the pod is not waiting.
+            Some(_) if binding => PodChange::Unchanged,
+            Some(request) => PodChange::Pending(Arc::new(request)),
+            None => PodChange::NotPending(seen.uid),
         }
     }
 
-    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> PodChange {
-        let key = pod_key(namespace, name);
-        self.remove_pod(&key);
-        PodChange::NotPending(key)
+    /// The pod is gone; returns its UID.
+    pub fn delete_pod(&mut self, pod: &Pod) -> PodUid {
+        let uid = pod_uid(pod);
+        self.remove_pod(&uid);
+        uid
     }
 
-    fn remove_pod(&mut self, key: &str) {
-        if let Some(old) = self.pods.remove(key) {
-            self.uncount(&old);
+    fn remove_pod(&mut self, uid: &str) {
+        let mut touched = self.store.remove_pod(uid);
+        touched.extend(self.overlay.remove(uid).map(|r| r.node));
+        for node in touched {
+            self.refresh(&node);
         }
-        self.pending.remove(key);
     }
 
     pub fn begin_pod_relist(&mut self) {
-        self.relist_pods = Some(HashSet::new());
+        self.store.begin_pod_relist();
     }
 
     /// Ends a pod relist; returns the pods that disappeared (for the queue).
-    pub fn end_pod_relist(&mut self) -> Vec<PodKey> {
-        let Some(seen) = self.relist_pods.take() else {
-            return Vec::new();
-        };
-        let gone: Vec<PodKey> = self
-            .pods
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        for key in &gone {
-            self.remove_pod(key);
+    pub fn end_pod_relist(&mut self) -> Vec<PodUid> {
+        let (gone, touched) = self.store.end_pod_relist();
+        for uid in &gone {
+            self.remove_pod(uid);
+        }
+        for node in touched {
+            self.refresh(&node);
         }
         gone
     }
 
-    /// Counts a pod we are binding on `node` before the watch confirms it.
-    pub fn assume(&mut self, key: &str, pod: &PodRequest, node: &str, now: Instant) {
-        if let Some(old) = self.pods.remove(key) {
-            self.uncount(&old);
+    /// Counts a pod we are binding on `node` (placed at `now`) before the watch confirms it.
+    pub fn assume(&mut self, pod: &PodRequest, node: &str, now: Instant) {
+        let old = self
+            .overlay
+            .reserve(&pod.uid, Reservation::binding(pod, node, now));
+        if let Some(old) = old.filter(|old| old.node != node) {
+            self.refresh(&old.node);
         }
-        let entry = PodEntry {
-            node: Some(node.to_string()),
-            requests: pod.requests.clone(),
-            host_ports: pod.host_ports.clone(),
-            assumed: true,
-        };
-        self.count(&entry);
-        self.pods.insert(key.to_string(), entry);
-        self.pending.remove(key);
-        if let Some(&i) = self.node_index.get(node) {
-            self.tracks[i]
-                .bound_log
-                .push_back((now, pod.pricing_cpu_millicores));
-        }
+        self.refresh(node);
     }
 
-    /// Undoes [`ClusterCache::assume`] after a failed bind; the pod is pending again.
-    pub fn forget(&mut self, key: &str, pod: Arc<PodRequest>, node: &str, bound_at: Instant) {
-        if let Some(old) = self.pods.get(key) {
-            if !old.assumed {
-                return; // the watch has overtaken us; it knows better
+    /// Undoes [`ClusterCache::assume`] after a failed bind. Only a bind still on its way is
+    /// undone: once the watch has shown the pod bound, the API knows better.
+    pub fn forget(&mut self, uid: &str) {
+        let binding = self
+            .overlay
+            .get(uid)
+            .is_some_and(|r| r.state == ReservationState::Binding);
+        if binding {
+            if let Some(r) = self.overlay.remove(uid) {
+                self.refresh(&r.node);
             }
         }
-        if let Some(old) = self.pods.remove(key) {
-            self.uncount(&old);
-        }
-        if let Some(&i) = self.node_index.get(node) {
-            let log = &mut self.tracks[i].bound_log;
-            if let Some(pos) = log
-                .iter()
-                .position(|&(t, cpu)| t == bound_at && cpu == pod.pricing_cpu_millicores)
-            {
-                log.remove(pos);
-            }
-        }
-        let entry = PodEntry {
-            node: None,
-            requests: pod.requests.clone(),
-            host_ports: pod.host_ports.clone(),
-            assumed: false,
-        };
-        self.pods.insert(key.to_string(), entry);
-        self.pending.insert(key.to_string(), pod);
     }
 
-    fn count(&mut self, entry: &PodEntry) {
-        let Some(node) = &entry.node else { return };
-        let usage = self.usage.entry(node.clone()).or_default();
-        usage.requested.add(&entry.requests);
-        usage.host_ports.extend(entry.host_ports.iter().cloned());
-        self.mirror_usage(node);
-    }
-
-    fn uncount(&mut self, entry: &PodEntry) {
-        let Some(node) = &entry.node else { return };
-        let Some(usage) = self.usage.get_mut(node) else {
-            return;
-        };
-        usage.requested.subtract(&entry.requests);
-        for port in &entry.host_ports {
-            if let Some(pos) = usage.host_ports.iter().position(|p| p == port) {
-                usage.host_ports.swap_remove(pos);
-            }
-        }
-        if usage.requested == Resources::default() && usage.host_ports.is_empty() {
-            self.usage.remove(node);
-        }
-        self.mirror_usage(node);
-    }
-
-    fn mirror_usage(&mut self, node: &str) {
-        if let Some(&i) = self.node_index.get(node) {
-            let usage = self.usage.get(node).cloned().unwrap_or_default();
-            self.nodes[i].requested = usage.requested;
-            self.nodes[i].used_host_ports = usage.host_ports;
-            self.sync_snapshot(i);
-        }
-    }
-
-    // ---- reports ----
+    // ---- reports and time ----
 
     /// Takes a validated report received at `now`.
     pub fn ingest_report(
         &mut self,
         report: &ValidatedReport,
         now: Instant,
-    ) -> Result<(), ReportRejection> {
+    ) -> Result<Ingested, ReportRejection> {
         let name = report.node_name();
-        let Some(&i) = self.node_index.get(name) else {
+        let Some(&row) = self.table.index.get(name) else {
             return Err(ReportRejection::UnknownNode(name.to_string()));
         };
-        let instance = report.report().agent_instance.clone();
-        let track = &mut self.tracks[i];
-        if let Some(last) = &track.report {
-            if last.instance == instance && report.sequence() <= last.sequence {
-                return Err(ReportRejection::OutOfOrder {
-                    instance,
-                    got: report.sequence(),
-                    last: last.sequence,
-                });
-            }
-        }
-        // The agent's clock may be skewed; never place the observation after its arrival.
-        let age = SystemTime::now()
-            .duration_since(report.observed_at())
-            .unwrap_or_default();
-        let observed_at = now.checked_sub(age).unwrap_or(now);
-        while track
-            .bound_log
-            .front()
-            .is_some_and(|&(t, _)| t <= observed_at)
-        {
-            track.bound_log.pop_front();
-        }
-        track.report = Some(LatestReport {
-            fresh_until: now.checked_add(self.settings.stale_after),
-            observed_at,
-            instance,
-            sequence: report.sequence(),
-            curve: Arc::new(report.curve().clone()),
-            utilisation: report.utilisation(),
-            capacity_millicores: report.capacity_millicores(),
-            energy: report.energy_level(),
-        });
-        Ok(())
+        let before = self.table.snapshot.power(row).energy;
+        let reading = self.power.ingest(report, now, self.settings.stale_after)?;
+        let observed_at = reading.observed_at;
+        self.overlay
+            .measured(name, observed_at, self.settings.start_window);
+        self.refresh_power(name);
+        Ok(Ingested {
+            energy_changed: self.table.snapshot.power(row).energy != before,
+        })
     }
 
-    fn default_power(&self, requested: &Resources, allocatable: &Resources) -> NodePower {
-        NodePower {
-            curve: self.settings.default_curve.clone(),
-            utilisation: requested_utilisation(requested, allocatable),
-            capacity_millicores: allocatable.cpu_millicores,
-            bound_since_report_millicores: 0,
-            fresh: false,
+    /// Brings the cache to `now`: nodes whose report went stale since the last call are priced
+    /// on the default curve, and reservations that can no longer count end. Touches only those;
+    /// called before each decision.
+    pub fn advance(&mut self, now: Instant) -> PowerSummary {
+        for node in self.power.expire(now) {
+            self.refresh_power(&node);
         }
-    }
-
-    /// Brings every node's power and energy up to `now` (freshness, pods bound since its report).
-    /// Called before each decision; O(nodes) without allocation, and only nodes whose power
-    /// changed are written (and mirrored into the snapshot).
-    pub fn refresh_power(&mut self, now: Instant) -> PowerSummary {
-        let mut summary = PowerSummary {
-            nodes: self.nodes.len(),
-            stale_nodes: 0,
-        };
-        for (i, (n, track)) in self.nodes.iter_mut().zip(&self.tracks).enumerate() {
-            let fresh = track
-                .report
-                .as_ref()
-                .filter(|r| r.fresh_until.is_none_or(|until| now <= until));
-            let (curve, utilisation, capacity_millicores, bound_since_report_millicores) =
-                match fresh {
-                    Some(r) => {
-                        let since: u64 = track
-                            .bound_log
-                            .iter()
-                            .filter(|&&(t, _)| t > r.observed_at)
-                            .map(|&(_, cpu)| cpu)
-                            .sum();
-                        (&r.curve, r.utilisation, r.capacity_millicores, since)
-                    }
-                    None => {
-                        summary.stale_nodes += 1;
-                        (
-                            &self.settings.default_curve,
-                            requested_utilisation(&n.requested, &n.allocatable),
-                            n.allocatable.cpu_millicores,
-                            0,
-                        )
-                    }
-                };
-            let energy = fresh
-                .and_then(|r| r.energy)
-                .or(track.label_energy)
-                .or_else(|| track.report.as_ref().and_then(|r| r.energy));
-            let old = &n.power;
-            let unchanged = Arc::ptr_eq(&old.curve, curve)
-                && old.utilisation == utilisation
-                && old.capacity_millicores == capacity_millicores
-                && old.bound_since_report_millicores == bound_since_report_millicores
-                && old.fresh == fresh.is_some()
-                && n.energy == energy;
-            if unchanged {
-                continue;
-            }
-            n.power = NodePower {
-                curve: curve.clone(),
-                utilisation,
-                capacity_millicores,
-                bound_since_report_millicores,
-                fresh: fresh.is_some(),
-            };
-            n.energy = energy;
-            self.snapshot.set_power(i, &n.power, energy);
+        let horizon = self.settings.reservation_horizon();
+        self.overlay.expire(now, horizon);
+        let nodes = self.table.snapshot.len();
+        PowerSummary {
+            nodes,
+            stale_nodes: nodes - self.table.snapshot.fresh().len(),
         }
-        summary
     }
 
     /// Nodes whose agent has reported at least once.
     pub fn reporting_nodes(&self) -> usize {
-        self.tracks.iter().filter(|t| t.report.is_some()).count()
+        self.power.reporting()
+    }
+
+    // ---- deriving rows ----
+
+    /// What node `name`'s pods use: those the API shows there and those being bound there.
+    fn usage(&self, name: &str) -> (Resources, Vec<HostPort>) {
+        let (mut requested, mut host_ports) = match self.store.usage(name) {
+            Some(u) => (u.requested.clone(), u.host_ports.clone()),
+            None => Default::default(),
+        };
+        self.overlay
+            .add_binding(name, &mut requested, &mut host_ports);
+        (requested, host_ports)
+    }
+
+    /// Node `name`'s power: its fresh report plus the CPU of pods placed too recently to be in
+    /// it, or without a fresh report the default curve at its requested CPU.
+    fn power_of(&self, name: &str) -> Option<NodePower> {
+        let stored = self.store.node(name)?;
+        Some(match self.power.fresh(name) {
+            Some(r) => {
+                let unmeasured =
+                    self.overlay
+                        .unmeasured_cpu(name, r.observed_at, self.settings.start_window);
+                NodePower {
+                    curve: r.curve.clone(),
+                    utilisation: utilisation(r.utilisation, unmeasured, r.capacity_millicores),
+                    capacity_millicores: r.capacity_millicores,
+                    fresh: true,
+                    energy: r.energy.or(stored.label_energy),
+                }
+            }
+            None => {
+                let allocatable = stored.basics.allocatable.cpu_millicores;
+                let (requested, _) = self.usage(name);
+                NodePower {
+                    curve: self.settings.default_curve.clone(),
+                    utilisation: utilisation(0.0, requested.cpu_millicores, allocatable),
+                    capacity_millicores: allocatable,
+                    fresh: false,
+                    energy: stored.label_energy,
+                }
+            }
+        })
+    }
+
+    /// Rewrites node `name`'s usage and power in the snapshot.
+    fn refresh(&mut self, name: &str) {
+        let Some(&row) = self.table.index.get(name) else {
+            return; // pods of a node not (yet) seen
+        };
+        let Some(stored) = self.store.node(name) else {
+            return;
+        };
+        let (requested, host_ports) = self.usage(name);
+        self.table
+            .snapshot
+            .set_usage(row, &stored.basics.allocatable, &requested, &host_ports);
+        self.refresh_power(name);
+    }
+
+    fn refresh_power(&mut self, name: &str) {
+        let Some(&row) = self.table.index.get(name) else {
+            return;
+        };
+        if let Some(power) = self.power_of(name) {
+            self.table.snapshot.set_power(row, &power);
+        }
     }
 }
 
-/// The utilisation a node without a fresh report is priced at: its requested CPU over
-/// allocatable.
-fn requested_utilisation(requested: &Resources, allocatable: &Resources) -> f64 {
-    let capacity = allocatable.cpu_millicores;
-    if capacity == 0 {
-        1.0
-    } else {
-        (requested.cpu_millicores as f64 / capacity as f64).min(1.0)
+/// `measured` plus `extra_millicores` of `capacity_millicores`; a node without capacity is full.
+/// Not capped at 1: a node loaded beyond its capacity is priced as such.
+fn utilisation(measured: f64, extra_millicores: u64, capacity_millicores: u64) -> f64 {
+    if capacity_millicores == 0 {
+        return 1.0;
     }
+    (measured + extra_millicores as f64 / capacity_millicores as f64).max(0.0)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
-    use crate::policy::fixtures::report;
+    use crate::policy::fixtures::{report, report_observed};
     use serde_json::json;
+    use wattwise_core::EnergyLevel;
     use wattwise_proto::v1 as pb;
 
     fn settings() -> CacheSettings {
@@ -614,7 +427,8 @@ mod tests {
             energy_label: "energy-status".into(),
             default_cpu_millicores: 100,
             stale_after: Duration::from_secs(30),
-            default_curve: Arc::new(PowerCurve::linear(100.0, 300.0).unwrap()),
+            start_window: Duration::from_secs(5),
+            default_curve: PowerCurve::linear(100.0, 300.0).unwrap(),
         }
     }
 
@@ -629,7 +443,18 @@ mod tests {
         .unwrap()
     }
 
+    /// Pod `name` with UID `uid-{name}`.
     fn pod(name: &str, cpu: Option<&str>, node: Option<&str>, scheduler: &str) -> Pod {
+        pod_with_uid(name, &format!("uid-{name}"), cpu, node, scheduler)
+    }
+
+    fn pod_with_uid(
+        name: &str,
+        uid: &str,
+        cpu: Option<&str>,
+        node: Option<&str>,
+        scheduler: &str,
+    ) -> Pod {
         let mut requests = serde_json::Map::new();
         if let Some(cpu) = cpu {
             requests.insert("cpu".into(), json!(cpu));
@@ -642,11 +467,23 @@ mod tests {
             spec["nodeName"] = json!(n);
         }
         serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+            "metadata": {"name": name, "namespace": "ns", "uid": uid},
             "spec": spec,
             "status": {"phase": if node.is_some() { "Running" } else { "Pending" }}
         }))
         .unwrap()
+    }
+
+    /// The request of a pod the cache says is waiting.
+    fn pending(change: PodChange) -> Arc<PodRequest> {
+        match change {
+            PodChange::Pending(request) => request,
+            other => panic!("not pending: {other:?}"),
+        }
+    }
+
+    fn power(c: &ClusterCache, name: &str) -> NodePower {
+        c.node(name).unwrap().power
     }
 
     #[test]
@@ -655,7 +492,7 @@ mod tests {
         c.apply_node(&node("n1", "4", json!({})));
         assert_eq!(
             c.apply_pod(&pod("a", Some("500m"), Some("n1"), "default-scheduler")),
-            PodChange::NotPending("ns/a".into())
+            PodChange::NotPending("uid-a".into())
         );
         c.apply_pod(&pod("b", Some("250m"), Some("n1"), "wattwise"));
         assert_eq!(c.node("n1").unwrap().requested.cpu_millicores, 750);
@@ -664,7 +501,10 @@ mod tests {
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
         c.apply_pod(&done);
         assert_eq!(c.node("n1").unwrap().requested.cpu_millicores, 250);
-        c.delete_pod("ns", "b");
+        assert_eq!(
+            c.delete_pod(&pod("b", None, None, "wattwise")),
+            "uid-b".to_string()
+        );
         assert_eq!(c.node("n1").unwrap().requested, Resources::default());
     }
 
@@ -681,15 +521,13 @@ mod tests {
         let mut c = ClusterCache::new(settings());
         c.apply_node(&node("n1", "4", json!({})));
         let p = pod("w", None, None, "wattwise");
-        assert_eq!(c.apply_pod(&p), PodChange::Pending("ns/w".into()));
-        let req = c.pending("ns/w").unwrap();
+        let req = pending(c.apply_pod(&p));
+        assert_eq!(req.uid, "uid-w");
         assert_eq!(
             req.pricing_cpu_millicores, 100,
             "default CPU for a pod without request"
         );
-        let t = Instant::now();
-        c.assume("ns/w", &req, "n1", t);
-        assert!(c.pending("ns/w").is_none());
+        c.assume(&req, "n1", Instant::now());
         assert_eq!(c.node("n1").unwrap().requested.pods, 1);
         // A status update of the still-unbound pod must not drop the assumption.
         assert_eq!(c.apply_pod(&p), PodChange::Unchanged);
@@ -697,19 +535,41 @@ mod tests {
         // The watch confirms the bind: still counted once.
         c.apply_pod(&pod("w", None, Some("n1"), "wattwise"));
         assert_eq!(c.node("n1").unwrap().requested.pods, 1);
+        assert_snapshot_in_step(&c);
     }
 
     #[test]
-    fn a_failed_bind_is_forgotten_and_the_pod_is_pending_again() {
+    fn a_failed_bind_is_forgotten() {
         let mut c = ClusterCache::new(settings());
         c.apply_node(&node("n1", "4", json!({})));
-        c.apply_pod(&pod("w", Some("1"), None, "wattwise"));
-        let req = c.pending("ns/w").unwrap();
-        let t = Instant::now();
-        c.assume("ns/w", &req, "n1", t);
-        c.forget("ns/w", req, "n1", t);
+        let p = pod("w", Some("1"), None, "wattwise");
+        let req = pending(c.apply_pod(&p));
+        c.assume(&req, "n1", Instant::now());
+        c.forget(&req.uid);
         assert_eq!(c.node("n1").unwrap().requested, Resources::default());
-        assert!(c.pending("ns/w").is_some());
+        // The next event about it says it waits again.
+        assert_eq!(c.apply_pod(&p), PodChange::Pending(req));
+    }
+
+    #[test]
+    fn a_namesake_recreated_while_a_bind_is_on_its_way_is_another_pod() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("n1", "4", json!({})));
+        let old = pending(c.apply_pod(&pod_with_uid("web-0", "u1", Some("1"), None, "wattwise")));
+        c.assume(&old, "n1", Instant::now());
+        // Deleted and recreated under the same name before the bind's answer.
+        assert_eq!(
+            c.delete_pod(&pod_with_uid("web-0", "u1", None, None, "wattwise")),
+            "u1".to_string()
+        );
+        let new = pending(c.apply_pod(&pod_with_uid("web-0", "u2", Some("1"), None, "wattwise")));
+        assert_eq!(new.uid, "u2");
+        c.assume(&new, "n1", Instant::now());
+        // The old bind's refusal concerns u1 only.
+        c.forget("u1");
+        assert_eq!(c.node("n1").unwrap().requested.cpu_millicores, 1000);
+        c.forget("u2");
+        assert_eq!(c.node("n1").unwrap().requested.cpu_millicores, 0);
     }
 
     #[test]
@@ -729,13 +589,13 @@ mod tests {
     }
 
     #[test]
-    fn fresh_reports_price_with_their_curve_and_count_pods_bound_since() {
+    fn fresh_reports_price_with_their_curve_and_count_pods_placed_within_the_start_window() {
         let mut c = ClusterCache::new(settings());
         c.apply_node(&node("n1", "4", json!({"energy-status": "vulnerable"})));
         let t0 = Instant::now();
-        c.refresh_power(t0);
-        let n = c.node("n1").unwrap();
-        assert!(!n.power.fresh);
+        c.advance(t0);
+        let n = power(&c, "n1");
+        assert!(!n.fresh);
         assert_eq!(
             n.energy,
             Some(EnergyLevel::Vulnerable),
@@ -747,36 +607,128 @@ mod tests {
             t0,
         )
         .unwrap();
-        c.apply_pod(&pod("w", Some("1"), None, "wattwise"));
-        let req = c.pending("ns/w").unwrap();
-        c.assume("ns/w", &req, "n1", t0 + Duration::from_millis(10));
-        let summary = c.refresh_power(t0 + Duration::from_secs(1));
+        let req = pending(c.apply_pod(&pod("w", Some("1"), None, "wattwise")));
+        let placed = t0 + Duration::from_millis(10);
+        c.assume(&req, "n1", placed);
+        let summary = c.advance(t0 + Duration::from_secs(1));
         assert_eq!(summary.stale_nodes, 0);
-        let n = c.node("n1").unwrap();
-        assert!(n.power.fresh);
+        let n = power(&c, "n1");
+        assert!(n.fresh);
         assert_eq!(
             n.energy,
             Some(EnergyLevel::WellPowered),
             "report beats label"
         );
-        assert_eq!(n.power.bound_since_report_millicores, 1000);
-        assert!((n.power.effective_utilisation() - 0.5).abs() < 1e-12);
+        assert!((n.utilisation - 0.5).abs() < 1e-12);
         // curve is 50 + 100u W: one core of four from 50 % adds 25 W.
-        assert!((n.power.price(1000).watts.0 - 25.0).abs() < 1e-9);
+        assert!((n.price(1000).watts.0 - 25.0).abs() < 1e-9);
 
-        // A newer report includes the pod; it is no longer added on top.
-        c.ingest_report(&report("n1", 2, 0.5, None), t0 + Duration::from_secs(2))
+        // The bind shows in the watch, and a newer report, observed after the bind but before
+        // the pod could start, still says 25 %: the pod stays on top of it.
+        c.apply_pod(&pod("w", Some("1"), Some("n1"), "wattwise"));
+        c.ingest_report(&report("n1", 2, 0.25, None), t0 + Duration::from_secs(2))
             .unwrap();
-        c.refresh_power(t0 + Duration::from_secs(2));
-        assert_eq!(c.node("n1").unwrap().power.bound_since_report_millicores, 0);
+        assert!((power(&c, "n1").utilisation - 0.5).abs() < 1e-12);
 
-        // Past stale_after: default curve, label energy.
-        let summary = c.refresh_power(t0 + Duration::from_secs(40));
+        // A report observed a start window after the placement contains the pod.
+        let later = placed + settings().start_window + Duration::from_millis(100);
+        c.ingest_report(&report("n1", 3, 0.5, None), later).unwrap();
+        assert!((power(&c, "n1").utilisation - 0.5).abs() < 1e-12);
+        assert_eq!(c.overlay.sizes().0, 0, "nothing left to count on top");
+
+        // Past stale_after: default curve at requested/allocatable, label energy.
+        let summary = c.advance(later + Duration::from_secs(31));
         assert_eq!(summary.stale_nodes, 1);
-        let n = c.node("n1").unwrap();
-        assert!(!n.power.fresh);
-        assert!(Arc::ptr_eq(&n.power.curve, &c.settings().default_curve));
+        let n = power(&c, "n1");
+        assert!(!n.fresh);
+        assert_eq!(n.curve, c.settings().default_curve);
+        assert!((n.utilisation - 0.25).abs() < 1e-12);
         assert_eq!(n.energy, Some(EnergyLevel::Vulnerable));
+        assert_snapshot_in_step(&c);
+    }
+
+    #[test]
+    fn freshness_counts_from_observation_not_arrival() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("n1", "4", json!({})));
+        let now = Instant::now();
+        let long_ago = SystemTime::now() - Duration::from_secs(60);
+        let buffered = report_observed("n1", 1, 0.3, Some(pb::EnergyLevel::Powerless), long_ago);
+        c.ingest_report(&buffered, now).unwrap();
+        let n = power(&c, "n1");
+        assert!(
+            !n.fresh,
+            "a report observed past stale_after is stale on arrival"
+        );
+        assert_eq!(n.energy, None, "and its level does not count");
+        assert_eq!(c.advance(now).stale_nodes, 1);
+
+        // Observed 20 s ago: fresh, for the 10 s it has left.
+        let recent = SystemTime::now() - Duration::from_secs(20);
+        c.ingest_report(&report_observed("n1", 2, 0.3, None, recent), now)
+            .unwrap();
+        assert!(power(&c, "n1").fresh);
+        assert_eq!(c.advance(now + Duration::from_secs(9)).stale_nodes, 0);
+        assert_eq!(c.advance(now + Duration::from_secs(11)).stale_nodes, 1);
+
+        // An agent whose clock runs ahead is taken as reporting on arrival.
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        let t = now + Duration::from_secs(12);
+        c.ingest_report(&report_observed("n1", 3, 0.3, None, ahead), t)
+            .unwrap();
+        assert_eq!(c.advance(t + Duration::from_secs(29)).stale_nodes, 0);
+        assert_eq!(c.advance(t + Duration::from_secs(31)).stale_nodes, 1);
+    }
+
+    #[test]
+    fn an_expired_energy_level_stops_counting() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("battery", "4", json!({})));
+        c.apply_node(&node(
+            "labelled",
+            "4",
+            json!({"energy-status": "vulnerable"}),
+        ));
+        let t0 = Instant::now();
+        let well = Some(pb::EnergyLevel::WellPowered);
+        c.ingest_report(&report("battery", 1, 0.1, well), t0)
+            .unwrap();
+        c.ingest_report(&report("labelled", 1, 0.1, well), t0)
+            .unwrap();
+        assert_eq!(power(&c, "battery").energy, Some(EnergyLevel::WellPowered));
+        assert_eq!(power(&c, "labelled").energy, Some(EnergyLevel::WellPowered));
+        // Reports stop: the level goes with them, to the label where there is one.
+        c.advance(t0 + Duration::from_secs(31));
+        assert_eq!(power(&c, "battery").energy, None);
+        assert_eq!(power(&c, "labelled").energy, Some(EnergyLevel::Vulnerable));
+        assert_snapshot_in_step(&c);
+    }
+
+    #[test]
+    fn only_reports_that_change_a_nodes_energy_level_can_help_waiting_pods() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("grid", "4", json!({})));
+        c.apply_node(&node(
+            "labelled",
+            "4",
+            json!({"energy-status": "powerless"}),
+        ));
+        c.apply_node(&node("battery", "4", json!({})));
+        let now = Instant::now();
+        let changed = |c: &mut ClusterCache, r| c.ingest_report(&r, now).unwrap().energy_changed;
+        // Grid power, no level before or after; the label already counted without a report.
+        assert!(!changed(&mut c, report("grid", 1, 0.2, None)));
+        assert!(!changed(&mut c, report("labelled", 1, 0.2, None)));
+        // A level that differs from what decisions saw.
+        let low = Some(pb::EnergyLevel::LowPowered);
+        assert!(changed(&mut c, report("labelled", 2, 0.2, low)));
+        assert!(changed(&mut c, report("battery", 1, 0.2, low)));
+        // The same level again changes nothing …
+        assert!(!changed(&mut c, report("battery", 2, 0.2, low)));
+        // … but a new one does, and so does losing it (the node falls back to no level).
+        let powerless = Some(pb::EnergyLevel::Powerless);
+        assert!(changed(&mut c, report("battery", 3, 0.2, powerless)));
+        assert!(changed(&mut c, report("battery", 4, 0.2, None)));
     }
 
     #[test]
@@ -791,8 +743,93 @@ mod tests {
         assert!(!c.has_node("n1"));
         assert_eq!(c.node("n2").unwrap().requested.cpu_millicores, 1000);
         c.begin_pod_relist();
-        assert_eq!(c.end_pod_relist(), vec!["ns/a".to_string()]);
+        assert_eq!(c.end_pod_relist(), vec!["uid-a".to_string()]);
         assert_eq!(c.node("n2").unwrap().requested, Resources::default());
+        assert_snapshot_in_step(&c);
+    }
+
+    /// Everything the cache holds, summed over its parts.
+    fn held(c: &ClusterCache) -> usize {
+        let (nodes, pods, usage) = c.store.sizes();
+        let (reservations, reserved_nodes, reservation_expiries) = c.overlay.sizes();
+        let (readings, report_expiries) = c.power.sizes();
+        nodes
+            + pods
+            + usage
+            + reservations
+            + reserved_nodes
+            + reservation_expiries
+            + readings
+            + report_expiries
+            + c.table.index.len()
+            + c.table.snapshot.len()
+    }
+
+    #[test]
+    fn memory_stays_flat_over_churn_of_nodes_without_reports() {
+        let mut c = ClusterCache::new(settings());
+        // Nodes that stay and never report, and pods bound to them over and over.
+        for i in 0..3 {
+            c.apply_node(&node(&format!("quiet-{i}"), "64", json!({})));
+        }
+        let mut t = Instant::now();
+        let mut most = 0;
+        for i in 0..10_000 {
+            t += Duration::from_secs(1);
+            let name = format!("n{i}");
+            let quiet = format!("quiet-{}", i % 3);
+            c.apply_node(&node(&name, "4", json!({})));
+            for (pod_name, target) in [(format!("p{i}"), &name), (format!("q{i}"), &quiet)] {
+                let req = pending(c.apply_pod(&pod(&pod_name, Some("100m"), None, "wattwise")));
+                c.advance(t);
+                c.assume(&req, target, t);
+                c.apply_pod(&pod(&pod_name, Some("100m"), Some(target), "wattwise"));
+            }
+            c.delete_pod(&pod(&format!("p{i}"), None, None, "wattwise"));
+            c.delete_node(&name);
+            // Pods on the quiet nodes finish a little later.
+            if i >= 5 {
+                c.delete_pod(&pod(&format!("q{}", i - 5), None, None, "wattwise"));
+            }
+            if i == 100 {
+                most = held(&c);
+            }
+            assert!(held(&c) <= most.max(200), "cycle {i}: {}", held(&c));
+        }
+        // The start window (5 s) plus stale_after (30 s) of reservations on quiet nodes at most.
+        assert!(c.overlay.sizes().0 <= 40, "{:?}", c.overlay.sizes());
+        assert_eq!(c.node_count(), 3);
+        assert_snapshot_in_step(&c);
+    }
+
+    #[test]
+    fn memory_stays_flat_over_pods_deleted_mid_bind() {
+        use crate::queue::{QueueSettings, SchedulingQueue};
+        let queue = SchedulingQueue::new(QueueSettings {
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(1),
+            unschedulable_retry: Duration::from_millis(1),
+        });
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("n1", "64", json!({})));
+        let t = Instant::now();
+        for i in 0..10_000 {
+            let p = pod(&format!("p{i}"), Some("100m"), None, "wattwise");
+            let req = pending(c.apply_pod(&p));
+            queue.add(req.clone(), t);
+            c.assume(&req, "n1", t);
+            // Deleted while its bind is on its way; the bind then fails.
+            let uid = c.delete_pod(&p);
+            queue.remove(&uid);
+            c.forget(&req.uid);
+            queue.retry_later(&req.uid, t);
+            assert!(!queue.contains(&req.uid), "a deleted pod came back");
+        }
+        assert_eq!(held(&c), 3, "one node, its row and index entry");
+        let (entries, active, backoff) = queue.sizes();
+        assert_eq!((entries, backoff), (0, 0));
+        assert!(active <= 64, "{active} outdated queue items");
+        assert_eq!(c.node("n1").unwrap().requested, Resources::default());
     }
 
     /// Pods that exercise every filter and both scoring classes.
@@ -831,15 +868,19 @@ mod tests {
         vec![base, in_zone, tolerant, big, huge]
     }
 
-    /// The snapshot the cache keeps decides and explains exactly as one built afresh from its
-    /// nodes.
+    /// The snapshot the cache keeps row by row decides and explains exactly as one built afresh
+    /// from its parts.
     fn assert_snapshot_in_step(c: &ClusterCache) {
         use crate::policy::{schedule, Filters, PolicyKind, ScoreConfig};
-        let rebuilt = Snapshot::new(c.nodes());
-        assert_eq!(c.snapshot().len(), c.nodes().len());
-        for (i, n) in c.nodes().iter().enumerate() {
-            assert_eq!(c.snapshot().name(i), n.name);
+        let nodes: Vec<NodeState> = (0..c.snapshot().len())
+            .map(|i| c.node(c.snapshot().name(i)).unwrap())
+            .collect();
+        let rebuilt = Snapshot::new(&nodes);
+        for (i, n) in nodes.iter().enumerate() {
+            assert_eq!(c.table.index[&n.name], i);
+            assert_eq!(c.snapshot().power(i), &n.power, "{}", n.name);
         }
+        assert_eq!(c.table.index.len(), nodes.len());
         let filters = Filters::standard(EnergyLevel::LowPowered);
         let weighted = ScoreConfig {
             kind: PolicyKind::Weighted {
@@ -866,7 +907,7 @@ mod tests {
         for (name, zone) in [("n1", "a"), ("n2", "b"), ("n3", "a"), ("n4", "a")] {
             c.apply_node(&node(name, "4", json!({"zone": zone})));
         }
-        c.refresh_power(t0);
+        c.advance(t0);
         assert_snapshot_in_step(&c);
 
         let cordoned_and_tainted: Node = serde_json::from_value(json!({
@@ -882,7 +923,6 @@ mod tests {
         }))
         .unwrap();
         c.apply_node(&cordoned_and_tainted);
-        c.refresh_power(t0);
         assert_snapshot_in_step(&c);
 
         c.apply_pod(&pod("a", Some("3"), Some("n3"), "x"));
@@ -892,22 +932,20 @@ mod tests {
         )
         .unwrap();
         c.ingest_report(&report("n2", 1, 0.1, None), t0).unwrap();
-        c.refresh_power(t0 + Duration::from_secs(1));
+        c.advance(t0 + Duration::from_secs(1));
         assert_snapshot_in_step(&c);
 
-        c.apply_pod(&pod("w", Some("1"), None, "wattwise"));
-        let req = c.pending("ns/w").unwrap();
-        c.assume("ns/w", &req, "n2", t0 + Duration::from_secs(1));
-        c.refresh_power(t0 + Duration::from_secs(2));
+        let req = pending(c.apply_pod(&pod("w", Some("1"), None, "wattwise")));
+        c.assume(&req, "n2", t0 + Duration::from_secs(1));
+        c.advance(t0 + Duration::from_secs(2));
         assert_snapshot_in_step(&c);
 
         // n1 leaves: n4 takes its place.
         c.delete_node("n1");
-        c.refresh_power(t0 + Duration::from_secs(2));
         assert_snapshot_in_step(&c);
 
         // Reports go stale.
-        c.refresh_power(t0 + Duration::from_secs(60));
+        c.advance(t0 + Duration::from_secs(60));
         assert_snapshot_in_step(&c);
 
         // A label that changes with every update leaves garbage until the snapshot is rebuilt.

@@ -1,11 +1,16 @@
 //! Kubernetes at the edges: objects → policy structs ([`convert`], [`quantity`]), the scheduler's
-//! view of the cluster ([`cache`]) fed by [`watch`], volume claims ([`claims`]), leader election
-//! ([`leader`]) and pod [`events`], all through bounded [`clients`].
+//! view of the cluster ([`cache`], joining what the API says ([`store`]), what this scheduler has
+//! taken on top of it ([`overlay`]) and the agents' reports ([`power`])) fed by [`watch`], volume
+//! claims ([`claims`]), leader election ([`leader`]) and pod [`events`], all through bounded
+//! [`clients`].
 pub mod cache;
 pub mod claims;
 pub mod clients;
 pub mod convert;
 pub mod events;
 pub mod leader;
+pub mod overlay;
+pub mod power;
 pub mod quantity;
+pub mod store;
 pub mod watch;

@@ -79,7 +79,7 @@ pub async fn watch_nodes(
                 let count = {
                     let mut c = lock(&cache);
                     c.end_node_relist();
-                    c.nodes().len()
+                    c.node_count()
                 };
                 if !synced.nodes.swap(true, Ordering::AcqRel) {
                     info!(nodes = count, "node cache synced");
@@ -120,7 +120,7 @@ pub async fn watch_pods(
             Ok(Event::Init) => lock(&cache).begin_pod_relist(),
             Ok(Event::InitApply(pod)) => {
                 let change = lock(&cache).apply_pod(&pod);
-                apply_to_queue(&queue, change, &pod);
+                apply_to_queue(&queue, change);
             }
             Ok(Event::InitDone) => {
                 let gone = lock(&cache).end_pod_relist();
@@ -134,13 +134,11 @@ pub async fn watch_pods(
             }
             Ok(Event::Apply(pod)) => {
                 let change = lock(&cache).apply_pod(&pod);
-                apply_to_queue(&queue, change, &pod);
+                apply_to_queue(&queue, change);
             }
             Ok(Event::Delete(pod)) => {
-                let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-                let name = pod.metadata.name.as_deref().unwrap_or_default();
-                let change = lock(&cache).delete_pod(namespace, name);
-                apply_to_queue(&queue, change, &pod);
+                let uid = lock(&cache).delete_pod(&pod);
+                queue.remove(&uid);
                 queue.cluster_changed();
             }
             Err(e) => warn!(error = %e, "pod watch failed; retrying with backoff"),
@@ -148,13 +146,10 @@ pub async fn watch_pods(
     }
 }
 
-fn apply_to_queue(queue: &SchedulingQueue, change: PodChange, pod: &Pod) {
+fn apply_to_queue(queue: &SchedulingQueue, change: PodChange) {
     match change {
-        PodChange::Pending(key) => {
-            let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-            queue.add(&key, priority, std::time::Instant::now());
-        }
-        PodChange::NotPending(key) => queue.remove(&key),
+        PodChange::Pending(pod) => queue.add(pod, std::time::Instant::now()),
+        PodChange::NotPending(uid) => queue.remove(&uid),
         PodChange::Unchanged => {}
     }
 }

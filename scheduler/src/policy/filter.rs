@@ -949,7 +949,7 @@ mod tests {
         let floor = EnergyFloor::default();
         assert_eq!(floor.lowest_allowed, EnergyLevel::LowPowered);
         assert_eq!(floor.check(&p, &n), Ok(()), "unknown level");
-        n.energy = Some(EnergyLevel::Powerless);
+        n.power.energy = Some(EnergyLevel::Powerless);
         assert_eq!(
             floor.check(&p, &n),
             Err(FilterReason::Energy(EnergyLevel::Powerless))
@@ -958,7 +958,7 @@ mod tests {
             floor.check(&p, &n).unwrap_err().summary(),
             "node(s) were powerless"
         );
-        n.energy = Some(EnergyLevel::LowPowered);
+        n.power.energy = Some(EnergyLevel::LowPowered);
         assert_eq!(floor.check(&p, &n), Ok(()));
         let strict = EnergyFloor {
             lowest_allowed: EnergyLevel::Vulnerable,
@@ -1003,14 +1003,14 @@ mod tests {
         let p = pod("p");
         let mut n = node("n1");
         assert_eq!(filters.first_failure(&p, &n), None);
-        n.energy = Some(EnergyLevel::Powerless);
+        n.power.energy = Some(EnergyLevel::Powerless);
         n.requested.cpu_millicores = n.allocatable.cpu_millicores;
         let powerless = filters.first_failure(&p, &n).expect("rejected");
         assert_eq!(
             powerless.0, "EnergyFloor",
             "energy before a full node: {powerless:?}"
         );
-        n.energy = None;
+        n.power.energy = None;
         assert_eq!(
             filters.first_failure(&p, &n),
             Some(("NodeResourcesFit", FilterReason::Insufficient("cpu".into())))

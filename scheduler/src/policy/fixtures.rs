@@ -1,7 +1,6 @@
 //! Plain nodes, pods and agent reports for the scheduler's unit tests.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use wattwise_core::{PowerCurve, ValidatedReport};
@@ -26,7 +25,6 @@ pub fn node(name: &str) -> NodeState {
         },
         requested: Resources::default(),
         used_host_ports: vec![],
-        energy: None,
         power: power(100.0, 300.0),
     }
 }
@@ -34,11 +32,11 @@ pub fn node(name: &str) -> NodeState {
 /// A fresh report on a linear idle–peak curve at 20 % load of 16 cores.
 pub fn power(idle_watts: f64, peak_watts: f64) -> NodePower {
     NodePower {
-        curve: Arc::new(PowerCurve::linear(idle_watts, peak_watts).unwrap()),
+        curve: PowerCurve::linear(idle_watts, peak_watts).unwrap(),
         utilisation: 0.2,
         capacity_millicores: 16_000,
-        bound_since_report_millicores: 0,
         fresh: true,
+        energy: None,
     }
 }
 
@@ -73,11 +71,22 @@ pub fn report(
     utilisation: f64,
     level: Option<pb::EnergyLevel>,
 ) -> ValidatedReport {
+    report_observed(node, seq, utilisation, level, SystemTime::now())
+}
+
+/// [`report`], observed at `observed_at`.
+pub fn report_observed(
+    node: &str,
+    seq: u64,
+    utilisation: f64,
+    level: Option<pb::EnergyLevel>,
+    observed_at: SystemTime,
+) -> ValidatedReport {
     wattwise_core::validate(pb::NodeReport {
         node_name: node.into(),
         agent_instance: "a1".into(),
         sequence: seq,
-        observed_at: Some(SystemTime::now().into()),
+        observed_at: Some(observed_at.into()),
         cpu: Some(pb::CpuState {
             capacity_millicores: 4000,
             utilisation,

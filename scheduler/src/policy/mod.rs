@@ -138,7 +138,7 @@ mod tests {
         let filters = Filters::standard(EnergyLevel::LowPowered);
         let mut cheap = node("cheap");
         cheap.power = power(100.0, 200.0);
-        cheap.energy = Some(EnergyLevel::WellPowered);
+        cheap.power.energy = Some(EnergyLevel::WellPowered);
         let mut full = node("full");
         full.requested.cpu_millicores = full.allocatable.cpu_millicores;
         let nodes = [node("default"), cheap, full];
@@ -173,7 +173,7 @@ mod tests {
         }
         for i in 0..2 {
             let mut n = node(&format!("powerless-{i}"));
-            n.energy = Some(EnergyLevel::Powerless);
+            n.power.energy = Some(EnergyLevel::Powerless);
             nodes.push(n);
         }
         for i in 0..2 {
@@ -181,7 +181,7 @@ mod tests {
             n.unschedulable = true;
             // Also full and powerless: counted only under the first failing filter.
             n.requested.cpu_millicores = n.allocatable.cpu_millicores;
-            n.energy = Some(EnergyLevel::Powerless);
+            n.power.energy = Some(EnergyLevel::Powerless);
             nodes.push(n);
         }
         let mut tainted = node("gpu");

@@ -4,8 +4,8 @@
 
 use wattwise_core::EnergyLevel;
 
-use super::snapshot::{NodeSet, Power, Snapshot};
-use super::types::PodRequest;
+use super::snapshot::{NodeSet, Snapshot};
+use super::types::{NodePower, PodRequest};
 
 /// How energy tier and marginal watts combine.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -54,7 +54,7 @@ struct Candidate {
 
 impl ScoreConfig {
     /// The node's level, or the configured level for unknown.
-    fn tier(&self, node: &Power) -> EnergyLevel {
+    fn tier(&self, node: &NodePower) -> EnergyLevel {
         node.energy.unwrap_or(self.unknown_energy)
     }
 
@@ -248,8 +248,8 @@ mod tests {
 
     fn with(name: &str, energy: Option<EnergyLevel>, idle: f64, peak: f64) -> NodeState {
         let mut n = node(name);
-        n.energy = energy;
         n.power = power(idle, peak);
+        n.power.energy = energy;
         n
     }
 
@@ -394,18 +394,6 @@ mod tests {
         ];
         for config in both_policies() {
             assert_eq!(winner(&nodes, &config), "low-powered-fits", "{config:?}");
-        }
-    }
-
-    #[test]
-    fn pods_bound_since_the_report_can_saturate_a_node() {
-        // 90 % measured plus 2 of 16 cores bound since: 102.5 %.
-        let mut filled = loaded("filled", None, 110.0, 0.9);
-        filled.power.bound_since_report_millicores = 2000;
-        assert!((filled.power.effective_utilisation() - 1.025).abs() < 1e-12);
-        let nodes = [filled, loaded("dearer", None, 400.0, 0.5)];
-        for config in both_policies() {
-            assert_eq!(winner(&nodes, &config), "dearer", "{config:?}");
         }
     }
 

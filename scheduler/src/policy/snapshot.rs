@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wattwise_core::{EnergyLevel, Marginal, PowerCurve};
+use wattwise_core::EnergyLevel;
 
 use super::types::{HostPort, NodePower, NodeState, Resources, Taint};
 
@@ -180,38 +180,6 @@ struct Fit {
     allocatable: Amounts,
 }
 
-/// What scoring reads of a node: its energy level and its [`NodePower`] ready to price (effective
-/// utilisation worked out, the curve held directly rather than through the node's `Arc`).
-#[derive(Debug)]
-pub(crate) struct Power {
-    pub energy: Option<EnergyLevel>,
-    pub fresh: bool,
-    curve: PowerCurve,
-    utilisation: f64,
-    capacity_millicores: u64,
-}
-
-impl Power {
-    fn new(power: &NodePower, energy: Option<EnergyLevel>) -> Self {
-        Self {
-            energy,
-            fresh: power.fresh,
-            curve: PowerCurve::clone(&power.curve),
-            utilisation: power.effective_utilisation(),
-            capacity_millicores: power.capacity_millicores,
-        }
-    }
-
-    /// As [`NodePower::price`].
-    pub fn price(&self, pod_cpu_millicores: u64) -> Marginal {
-        self.curve.marginal(
-            self.utilisation,
-            self.capacity_millicores,
-            pod_cpu_millicores,
-        )
-    }
-}
-
 /// One node's entries in every column.
 struct Row {
     name: Sym,
@@ -222,7 +190,7 @@ struct Row {
     fit: Fit,
     extended: Box<[(Sym, u64, u64)]>,
     host_ports: Box<[HostPort]>,
-    power: Power,
+    power: NodePower,
 }
 
 impl Row {
@@ -255,7 +223,7 @@ pub struct Snapshot {
     /// requesting.
     extended: Vec<Box<[(Sym, u64, u64)]>>,
     host_ports: Vec<Box<[HostPort]>>,
-    power: Vec<Power>,
+    power: Vec<NodePower>,
 
     cordoned: NodeSet,
     not_ready: NodeSet,
@@ -326,11 +294,30 @@ impl Snapshot {
         self.power[index] = row.power;
     }
 
-    /// Only the power side of node `index` changed (the cheap update for every decision).
-    pub fn set_power(&mut self, index: usize, power: &NodePower, energy: Option<EnergyLevel>) {
-        let power = Power::new(power, energy);
-        self.mark_power(index, &power);
-        self.power[index] = power;
+    /// Only the power side of node `index` changed (a report, its expiry, a pod bound there).
+    pub fn set_power(&mut self, index: usize, power: &NodePower) {
+        self.mark_power(index, power);
+        self.power[index] = power.clone();
+    }
+
+    /// Only what node `index`'s pods use changed (a pod placed, bound, finished or deleted):
+    /// cheaper than [`Snapshot::set`], no label or taint is looked at.
+    pub fn set_usage(
+        &mut self,
+        index: usize,
+        allocatable: &Resources,
+        requested: &Resources,
+        used_host_ports: &[HostPort],
+    ) {
+        let extended = extended_column(&mut self.symbols, requested, allocatable);
+        self.references -= self.extended[index].len();
+        self.references += extended.len();
+        self.fits[index] = Fit {
+            requested: requested.into(),
+            allocatable: allocatable.into(),
+        };
+        self.extended[index] = extended;
+        self.host_ports[index] = used_host_ports.into();
     }
 
     /// Removes node `index`; the last node takes its place (as `Vec::swap_remove`).
@@ -373,7 +360,7 @@ impl Snapshot {
         Node { nodes: self, index }
     }
 
-    pub(crate) fn power(&self, index: usize) -> &Power {
+    pub fn power(&self, index: usize) -> &NodePower {
         &self.power[index]
     }
 
@@ -432,7 +419,7 @@ impl Snapshot {
         self.mark_power(index, &row.power);
     }
 
-    fn mark_power(&mut self, index: usize, power: &Power) {
+    fn mark_power(&mut self, index: usize, power: &NodePower) {
         self.fresh.set(index, power.fresh);
         for (slot, set) in self.at_energy.iter_mut().enumerate() {
             set.set(index, slot == energy_slot(power.energy));
@@ -446,20 +433,7 @@ impl Snapshot {
             .iter()
             .map(|(key, value)| (symbols.intern(key), symbols.intern(value)))
             .collect();
-        let mut extended: Vec<(Sym, u64, u64)> = node
-            .requested
-            .extended
-            .iter()
-            .map(|(name, &amount)| {
-                let allocatable = node.allocatable.extended.get(name).copied().unwrap_or(0);
-                (symbols.intern(name), amount, allocatable)
-            })
-            .collect();
-        for (name, &amount) in &node.allocatable.extended {
-            if !node.requested.extended.contains_key(name) {
-                extended.push((symbols.intern(name), 0, amount));
-            }
-        }
+        let extended = extended_column(symbols, &node.requested, &node.allocatable);
         let taints = node.taints.iter().map(|t| self.taint_id(t)).collect();
         Row {
             name: self.symbols.intern(&node.name),
@@ -471,9 +445,9 @@ impl Snapshot {
                 requested: (&node.requested).into(),
                 allocatable: (&node.allocatable).into(),
             },
-            extended: extended.into(),
+            extended,
             host_ports: node.used_host_ports.as_slice().into(),
-            power: Power::new(&node.power, node.energy),
+            power: node.power.clone(),
         }
     }
 
@@ -486,6 +460,29 @@ impl Snapshot {
         self.taint_ids.insert(taint.clone(), id);
         id
     }
+}
+
+/// (resource, requested, allocatable) for every extended resource a node has or has pods
+/// requesting.
+fn extended_column(
+    symbols: &mut Symbols,
+    requested: &Resources,
+    allocatable: &Resources,
+) -> Box<[(Sym, u64, u64)]> {
+    let mut extended: Vec<(Sym, u64, u64)> = requested
+        .extended
+        .iter()
+        .map(|(name, &amount)| {
+            let allocatable = allocatable.extended.get(name).copied().unwrap_or(0);
+            (symbols.intern(name), amount, allocatable)
+        })
+        .collect();
+    for (name, &amount) in &allocatable.extended {
+        if !requested.extended.contains_key(name) {
+            extended.push((symbols.intern(name), 0, amount));
+        }
+    }
+    extended.into()
 }
 
 /// `Snapshot::at_energy`'s index for a level.
@@ -581,7 +578,7 @@ mod tests {
         let mut cordoned = node("a");
         cordoned.unschedulable = true;
         let mut powerless = node("c");
-        powerless.energy = Some(EnergyLevel::Powerless);
+        powerless.power.energy = Some(EnergyLevel::Powerless);
         let mut snapshot = Snapshot::new(&[cordoned, node("b"), powerless]);
         assert_eq!(snapshot.cordoned().iter().collect::<Vec<_>>(), [0]);
         snapshot.swap_remove(0);
@@ -602,7 +599,9 @@ mod tests {
         assert!(!snapshot.power(1).fresh);
         assert_eq!(snapshot.not_ready().iter().collect::<Vec<_>>(), [1]);
         assert_eq!(snapshot.fresh().iter().collect::<Vec<_>>(), [0]);
-        snapshot.set_power(1, &node("d").power, powerless);
+        let mut d = node("d").power;
+        d.energy = powerless;
+        snapshot.set_power(1, &d);
         assert!(snapshot.power(1).fresh);
         assert_eq!(snapshot.power(1).energy, powerless);
         assert_eq!(snapshot.at_energy(powerless).len(), 2);

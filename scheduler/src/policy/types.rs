@@ -2,7 +2,6 @@
 //! and agent reports; nothing here does I/O.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use wattwise_core::{EnergyLevel, Marginal, PowerCurve};
 
@@ -202,38 +201,33 @@ pub enum ClaimState {
     },
 }
 
-/// The power side of a node: its latest agent report, or the cluster default when none is fresh.
+/// The power side of a node, as scoring prices it: the one definition of a node's power. The
+/// cluster cache derives it from the node's latest fresh agent report and this scheduler's
+/// reservations there, or from the cluster default when no report is fresh.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodePower {
-    pub curve: Arc<PowerCurve>,
-    /// Measured utilisation at the report (fraction 0..1); for a node without a fresh report,
-    /// its requested CPU over allocatable CPU.
+    /// The report's curve, or the default curve without a fresh report. A `PowerCurve` shares
+    /// its points, so clones are cheap and each curve is one pointer away.
+    pub curve: PowerCurve,
+    /// Utilisation the next pod starts from (a fraction): the measured utilisation plus the CPU
+    /// of pods bound to the node too recently to be in the measurement; for a node without a
+    /// fresh report, its requested CPU over allocatable CPU. Not capped at 1: a node loaded past
+    /// its capacity is priced as such.
     pub utilisation: f64,
     pub capacity_millicores: u64,
-    /// Pricing CPU of pods bound to the node after its report was observed (zero without a
-    /// fresh report, where `utilisation` already counts every pod).
-    pub bound_since_report_millicores: u64,
-    /// False when the report is missing or older than the staleness limit.
+    /// False when the report is missing or observed longer ago than the staleness limit.
     pub fresh: bool,
+    /// The fresh report's level, else the node's `energy-status` label, else `None` (unknown,
+    /// e.g. grid).
+    pub energy: Option<EnergyLevel>,
 }
 
 impl NodePower {
-    /// Utilisation the next pod starts from: measured plus what was bound since. Not clamped
-    /// to 1: a node already past full load must price (and rank) as such.
-    pub fn effective_utilisation(&self) -> f64 {
-        if self.capacity_millicores == 0 {
-            return 1.0;
-        }
-        (self.utilisation
-            + self.bound_since_report_millicores as f64 / self.capacity_millicores as f64)
-            .max(0.0)
-    }
-
-    /// The pod's marginal watts from `u_eff` ([`PowerCurve::marginal`]: the curve difference up
-    /// to full load, peak watts beyond it).
+    /// The pod's marginal watts from `utilisation` ([`PowerCurve::marginal`]: the curve difference
+    /// up to full load, peak watts per unit beyond it).
     pub fn price(&self, pod_cpu_millicores: u64) -> Marginal {
         self.curve.marginal(
-            self.effective_utilisation(),
+            self.utilisation,
             self.capacity_millicores,
             pod_cpu_millicores,
         )
@@ -253,7 +247,5 @@ pub struct NodeState {
     /// bound but not yet seen bound (assumed); `pods` is their count.
     pub requested: Resources,
     pub used_host_ports: Vec<HostPort>,
-    /// The report's level, else the node's `energy-status` label, else `None` (unknown, e.g. grid).
-    pub energy: Option<EnergyLevel>,
     pub power: NodePower,
 }

@@ -1,0 +1,215 @@
+//! This scheduler's own assumptions on top of what the API says: capacity it has taken on a node
+//! before the API shows it taken. Keyed by pod UID, one [`Reservation`] per pod:
+//!
+//! - while our bind is on its way the API shows the pod unbound, so its requests count here
+//!   ([`ReservationState::Binding`]), and concurrent decisions never overfill a node;
+//! - once the API shows it bound, its requests count in the store, but its CPU is not yet in the
+//!   node's measured utilisation (image pull, init containers): it counts on top of a report
+//!   observed less than the start-up window after it was placed
+//!   ([`ReservationState::Starting`]), as Trimaran's TargetLoadPacking does, so a burst does not
+//!   herd onto the node that looked cheapest before the burst.
+//!
+//! Every reservation ends: a failed bind, the pod's deletion, another node in the API, or, once
+//! starting, a report that can contain it or the time after which none can leave it out.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::store::PodUid;
+use crate::policy::{HostPort, PodRequest, Resources};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationState {
+    /// Our bind is on its way: the API does not show the pod on the node yet.
+    Binding,
+    /// The API shows the pod on the node; its CPU may not be in the node's measurements yet.
+    Starting,
+}
+
+/// Capacity this scheduler holds on a node for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub node: String,
+    pub requests: Resources,
+    pub host_ports: Vec<HostPort>,
+    /// CPU counted on top of the node's measured utilisation (the pod's pricing CPU).
+    pub cpu_millicores: u64,
+    /// When the pod was placed.
+    pub since: Instant,
+    pub state: ReservationState,
+}
+
+impl Reservation {
+    /// `pod` being bound to `node` from `now`.
+    pub fn binding(pod: &PodRequest, node: &str, now: Instant) -> Self {
+        Self {
+            node: node.to_string(),
+            requests: pod.requests.clone(),
+            host_ports: pod.host_ports.clone(),
+            cpu_millicores: pod.pricing_cpu_millicores,
+            since: now,
+            state: ReservationState::Binding,
+        }
+    }
+
+    /// Whether a measurement observed at `observed_at` may not contain the pod yet.
+    fn unmeasured_at(&self, observed_at: Instant, window: Duration) -> bool {
+        self.since
+            .checked_add(window)
+            .is_none_or(|measurable| observed_at < measurable)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Overlay {
+    reservations: HashMap<PodUid, Reservation>,
+    by_node: HashMap<String, Vec<PodUid>>,
+    /// (when a starting reservation can count no more, its pod): entries of reservations that
+    /// ended or changed are skipped when they come due.
+    expiries: BinaryHeap<Reverse<(Instant, PodUid)>>,
+}
+
+impl Overlay {
+    pub fn get(&self, uid: &str) -> Option<&Reservation> {
+        self.reservations.get(uid)
+    }
+
+    /// Reservations, nodes with any, and queued expiries (for tests of memory bounds).
+    #[cfg(test)]
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.reservations.len(),
+            self.by_node.len(),
+            self.expiries.len(),
+        )
+    }
+
+    /// Holds `reservation` for pod `uid`, replacing any it had; returns the replaced one.
+    pub fn reserve(&mut self, uid: &str, reservation: Reservation) -> Option<Reservation> {
+        let old = self.remove(uid);
+        self.by_node
+            .entry(reservation.node.clone())
+            .or_default()
+            .push(uid.to_string());
+        self.reservations.insert(uid.to_string(), reservation);
+        old
+    }
+
+    pub fn remove(&mut self, uid: &str) -> Option<Reservation> {
+        let old = self.reservations.remove(uid)?;
+        if let Some(uids) = self.by_node.get_mut(&old.node) {
+            if let Some(pos) = uids.iter().position(|u| u == uid) {
+                uids.swap_remove(pos);
+            }
+            if uids.is_empty() {
+                self.by_node.remove(&old.node);
+            }
+        }
+        Some(old)
+    }
+
+    /// The API shows pod `uid` on `node` (`None`: unbound, or finished). A binding reservation
+    /// there becomes a starting one, to be dropped `horizon` after it was placed at the latest;
+    /// one for another node was overtaken (another replica's bind) and ends, and so does a
+    /// starting one whose pod finished. Returns the node of a reservation whose requests
+    /// stopped counting here.
+    pub fn confirm(&mut self, uid: &str, node: Option<&str>, horizon: Duration) -> Option<String> {
+        let r = self.reservations.get_mut(uid)?;
+        if r.state != ReservationState::Binding {
+            if node != Some(r.node.as_str()) {
+                self.remove(uid);
+            }
+            return None;
+        }
+        match node {
+            // The bind has not shown up yet (a status update of the unbound pod).
+            None => return None,
+            Some(n) if n != r.node => return self.remove(uid).map(|r| r.node),
+            Some(_) => {}
+        }
+        r.state = ReservationState::Starting;
+        if let Some(due) = r.since.checked_add(horizon) {
+            self.expiries.push(Reverse((due, uid.to_string())));
+        }
+        Some(r.node.clone())
+    }
+
+    /// Adds the requests and host ports of the pods being bound to `node`.
+    pub fn add_binding(
+        &self,
+        node: &str,
+        requested: &mut Resources,
+        host_ports: &mut Vec<HostPort>,
+    ) {
+        for r in self.on(node) {
+            if r.state == ReservationState::Binding {
+                requested.add(&r.requests);
+                host_ports.extend(r.host_ports.iter().cloned());
+            }
+        }
+    }
+
+    /// Whether pods are being bound to `node`.
+    pub fn binding_on(&self, node: &str) -> bool {
+        self.on(node).any(|r| r.state == ReservationState::Binding)
+    }
+
+    /// CPU of the pods placed on `node` that a measurement observed at `observed_at` may not
+    /// contain yet: placed less than `window` before it.
+    pub fn unmeasured_cpu(&self, node: &str, observed_at: Instant, window: Duration) -> u64 {
+        self.on(node)
+            .filter(|r| r.unmeasured_at(observed_at, window))
+            .map(|r| r.cpu_millicores)
+            .sum()
+    }
+
+    /// A measurement of `node` observed at `observed_at` arrived: starting pods it contains
+    /// count no more (later measurements contain them too).
+    pub fn measured(&mut self, node: &str, observed_at: Instant, window: Duration) {
+        let done: Vec<PodUid> = (self.by_node.get(node).into_iter().flatten())
+            .filter(|uid| {
+                let r = &self.reservations[*uid];
+                r.state == ReservationState::Starting && !r.unmeasured_at(observed_at, window)
+            })
+            .cloned()
+            .collect();
+        for uid in done {
+            self.remove(&uid);
+        }
+    }
+
+    /// Ends the starting reservations whose horizon passed by `now`.
+    pub fn expire(&mut self, now: Instant, horizon: Duration) {
+        while let Some(Reverse((due, _))) = self.expiries.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, uid))) = self.expiries.pop() else {
+                break;
+            };
+            let current = self.reservations.get(&uid).is_some_and(|r| {
+                r.state == ReservationState::Starting && r.since.checked_add(horizon) == Some(due)
+            });
+            if current {
+                self.remove(&uid);
+            }
+        }
+    }
+
+    /// `node` is gone: nothing starts there any more. Binds on their way keep their
+    /// reservation until they end.
+    pub fn drop_node(&mut self, node: &str) {
+        let starting: Vec<PodUid> = (self.by_node.get(node).into_iter().flatten())
+            .filter(|uid| self.reservations[*uid].state == ReservationState::Starting)
+            .cloned()
+            .collect();
+        for uid in starting {
+            self.remove(&uid);
+        }
+    }
+
+    fn on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Reservation> + 'a {
+        (self.by_node.get(node).into_iter().flatten()).map(|uid| &self.reservations[uid])
+    }
+}
