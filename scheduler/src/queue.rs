@@ -429,18 +429,18 @@ mod tests {
     #[tokio::test]
     async fn an_updated_unschedulable_pod_retries_without_a_cluster_event() {
         let q = queue();
-        q.add("ns/gated", 0, Instant::now());
-        q.add("ns/other", 0, Instant::now());
+        q.add(pod("ns/gated", 0), Instant::now());
+        q.add(pod("ns/other", 0), Instant::now());
         for _ in 0..2 {
             let p = q.pop().await;
-            q.unschedulable(&p.key, Instant::now());
+            q.unschedulable(&p.pod.uid, Instant::now());
         }
         // The gated pod's update (its gates removed) arrives; nothing else changes.
-        q.add("ns/gated", 0, Instant::now());
+        q.add(pod("ns/gated", 0), Instant::now());
         let again = tokio::time::timeout(Duration::from_millis(250), q.pop())
             .await
             .expect("retried before unschedulable_retry");
-        assert_eq!(again.key, "ns/gated");
+        assert_eq!(again.pod.uid, "ns/gated");
         assert_eq!(q.depth().unschedulable, 1, "the other pod still waits");
     }
 

@@ -75,26 +75,35 @@ async fn next_reports(
     out
 }
 
-#[tokio::test]
-async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_other() {
+/// Two real receivers (replicas A and B on one port) and an agent whose scheduler name resolves
+/// to both, reporting as `node` with `scheduler_extra` added to its scheduler settings.
+struct TwoReplicas {
+    replica_a: ReportReceiver,
+    _replica_b: ReportReceiver,
+    rx_a: mpsc::UnboundedReceiver<pb::NodeReport>,
+    rx_b: mpsc::UnboundedReceiver<pb::NodeReport>,
+    addr_a: SocketAddr,
+    addr_b: SocketAddr,
+    agent: AgentProcess,
+    _dir: tempfile::TempDir,
+}
+
+async fn agent_with_two_replicas(node: &str, scheduler_extra: &str) -> TwoReplicas {
     let (listener_a, listener_b) = same_port_on_both().await;
     let port = listener_a.local_addr().unwrap().port();
-    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+    let (tx_a, rx_a) = mpsc::unbounded_channel();
+    let (tx_b, rx_b) = mpsc::unbounded_channel();
     let replica_a = ReportReceiver::serve(listener_a, true, tx_a).unwrap();
-    let _replica_b = ReportReceiver::serve(listener_b, true, tx_b).unwrap();
-    let addr_a = SocketAddr::new(IpAddr::V4(REPLICA_A), port);
-    let addr_b = SocketAddr::new(IpAddr::V4(REPLICA_B), port);
-
+    let replica_b = ReportReceiver::serve(listener_b, true, tx_b).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
     write_linear_model(&model, 80.0, 280.0, 0.0).unwrap();
     std::fs::write(dir.path().join("util"), "0.3").unwrap();
     let yaml = format!(
-        "node_name: node-ha\ninterval: 250ms\n\
+        "node_name: {node}\ninterval: 250ms\n\
          model: {{path: {model}}}\n\
          cpu: {{source: file, file: {util}, capacity_millicores: 8000}}\n\
-         scheduler: {{endpoints: [\"{NAME}:{port}\"], backoff_min: 100ms, backoff_max: 1s}}\n",
+         scheduler: {{endpoints: [\"{NAME}:{port}\"], {scheduler_extra}backoff_min: 100ms, backoff_max: 1s}}\n",
         model = model.display(),
         util = dir.path().join("util").display(),
     );
@@ -105,6 +114,30 @@ async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_ot
         ..Launch::default()
     };
     let agent = AgentProcess::start_with(&yaml, &[], &launch).await.unwrap();
+    TwoReplicas {
+        replica_a,
+        _replica_b: replica_b,
+        rx_a,
+        rx_b,
+        addr_a: SocketAddr::new(IpAddr::V4(REPLICA_A), port),
+        addr_b: SocketAddr::new(IpAddr::V4(REPLICA_B), port),
+        agent,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_other() {
+    let TwoReplicas {
+        replica_a,
+        mut rx_a,
+        mut rx_b,
+        addr_a,
+        addr_b,
+        agent,
+        _replica_b,
+        _dir,
+    } = agent_with_two_replicas("node-ha", "").await;
 
     // One stream per address: both replicas hear from the same agent process.
     let first_a = next_report(&mut rx_a, Duration::from_secs(15))
@@ -162,33 +195,17 @@ async fn a_name_with_two_addresses_gets_a_stream_to_each_and_one_survives_the_ot
 /// new IP) loses its stream and every metric series of its address; the other keeps both.
 #[tokio::test]
 async fn an_address_the_name_drops_leaves_the_metrics() {
-    let (listener_a, listener_b) = same_port_on_both().await;
-    let port = listener_a.local_addr().unwrap().port();
-    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
-    let _replica_a = ReportReceiver::serve(listener_a, true, tx_a).unwrap();
-    let _replica_b = ReportReceiver::serve(listener_b, true, tx_b).unwrap();
-    let addr_a = SocketAddr::new(IpAddr::V4(REPLICA_A), port);
-    let addr_b = SocketAddr::new(IpAddr::V4(REPLICA_B), port);
-
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model.onnx");
-    write_linear_model(&model, 80.0, 280.0, 0.0).unwrap();
-    std::fs::write(dir.path().join("util"), "0.3").unwrap();
-    let yaml = format!(
-        "node_name: node-moved\ninterval: 250ms\n\
-         model: {{path: {model}}}\n\
-         cpu: {{source: file, file: {util}, capacity_millicores: 8000}}\n\
-         scheduler: {{endpoints: [\"{NAME}:{port}\"], resolve_interval: 300ms, backoff_min: 100ms, backoff_max: 1s}}\n",
-        model = model.display(),
-        util = dir.path().join("util").display(),
-    );
-    let both = format!("127.0.0.1 localhost\n{REPLICA_A} {NAME}\n{REPLICA_B} {NAME}\n");
-    let launch = Launch {
-        hosts: Some(both),
-        ..Launch::default()
-    };
-    let agent = AgentProcess::start_with(&yaml, &[], &launch).await.unwrap();
+    // Both replicas stay up: only the name changes.
+    let TwoReplicas {
+        replica_a: _replica_a,
+        _replica_b,
+        mut rx_a,
+        mut rx_b,
+        addr_a,
+        addr_b,
+        agent,
+        _dir,
+    } = agent_with_two_replicas("node-moved", "resolve_interval: 300ms, ").await;
     next_report(&mut rx_a, Duration::from_secs(15))
         .await
         .unwrap();

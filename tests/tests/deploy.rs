@@ -20,6 +20,7 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 use wattwise_core::EnergyLevel;
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
+use wattwise_testenv::manifests::{deploy_dir, mounted_volume};
 use wattwise_testenv::process::{free_tcp_port, require_program, wait_until, ManagedProcess};
 use wattwise_testenv::served::{check_config, workspace_binary};
 
@@ -27,10 +28,6 @@ const NS: &str = "wattwise";
 const DEMO_NS: &str = "wattwise-demo";
 const SCHEDULER_SA: &str = "system:serviceaccount:wattwise:wattwise-scheduler";
 const AGENT_SA: &str = "system:serviceaccount:wattwise:wattwise-agent";
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
 
 /// kubectl against the test control plane, with the admin kubeconfig.
 struct Kubectl {
@@ -215,12 +212,7 @@ fn config_source(workload: &Value) -> (String, String) {
         .iter()
         .find(|m| m["mountPath"] == dir)
         .unwrap_or_else(|| panic!("no volume mounted at {dir}"));
-    let volume = pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == mount["name"])
-        .unwrap();
+    let volume = mounted_volume(pod, mount);
     (
         str_at(volume, "/configMap/name").to_string(),
         key.to_string(),

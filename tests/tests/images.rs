@@ -11,26 +11,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde::Deserialize;
 use serde_json::Value;
 use wattwise_testenv::images::{self, images};
+use wattwise_testenv::manifests::{manifest, mounted_volume, repo_dir};
 
 /// Where the agent image keeps the shipped models (deploy/agent.yaml's `model.path` is in it).
 const MODEL_DIR: &str = "/usr/share/wattwise/models";
-
-fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The objects of a deploy/ manifest, as kubectl reads them.
-fn manifest(file: &str) -> Vec<Value> {
-    let path = repo_dir().join("deploy").join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|object| !object.is_null())
-        .collect()
-}
 
 fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     let mut of_kind = objects.iter().filter(|o| o["kind"] == kind);
@@ -55,12 +41,7 @@ fn pod_options(objects: &[Value], workload: &Value, dir: &Path) -> Vec<String> {
     let container = &pod["containers"][0];
     let mut options = Vec::new();
     for mount in container["volumeMounts"].as_array().unwrap() {
-        let volume = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .unwrap();
+        let volume = mounted_volume(pod, mount);
         let Some(config_map) = volume["configMap"]["name"].as_str() else {
             continue; // devices, secrets and state are not needed to check the configuration
         };

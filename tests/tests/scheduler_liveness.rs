@@ -6,16 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::Api;
 use kube::Client;
 use serde_json::json;
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
+use wattwise_testenv::pods::{self, create_pod, pod_json, NS};
 use wattwise_testenv::process::wait_until;
 use wattwise_testenv::proxy::FaultProxy;
 use wattwise_testenv::scheduler::SchedulerProcess;
 
-const NS: &str = "default";
 const RENEW_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Short leases and call bounds, so that a hung API server shows within seconds.
@@ -26,45 +25,8 @@ leader_election: {lease_duration: 6s, renew_deadline: 3s, retry_period: 500ms, n
 api: {timeout: 2s, watch_timeout: 10s}
 ";
 
-async fn create_pod(client: &Client, name: &str, cpu: &str) -> Result<()> {
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "schedulerName": "wattwise",
-            "containers": [{
-                "name": "work", "image": "busybox",
-                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}
-            }]
-        }
-    }))?;
-    Api::<Pod>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &pod)
-        .await?;
-    Ok(())
-}
-
-/// pod name → node name, for every bound pod.
-async fn placements(client: &Client) -> Result<BTreeMap<String, String>> {
-    let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default())
-        .await?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter_map(|p| Some((p.metadata.name?, p.spec?.node_name?)))
-        .collect())
-}
-
 async fn wait_bound(client: &Client, pods: usize) -> Result<BTreeMap<String, String>> {
-    wait_until(
-        &format!("{pods} pods bound"),
-        Duration::from_secs(60),
-        || async { Ok(placements(client).await?.len() >= pods) },
-    )
-    .await?;
-    placements(client).await
+    pods::wait_bound(client, pods, Duration::from_secs(60)).await
 }
 
 async fn lease_holder(client: &Client) -> Result<Option<String>> {
@@ -88,7 +50,6 @@ struct Pair {
     client: Client,
     proxy: FaultProxy,
     behind_proxy: SchedulerProcess,
-    _kubeconfig_dir: tempfile::TempDir,
 }
 
 async fn replica_behind_proxy(config: &str, nodes: &[FakeNode]) -> Result<Pair> {
@@ -107,7 +68,6 @@ async fn replica_behind_proxy(config: &str, nodes: &[FakeNode]) -> Result<Pair> 
         client,
         proxy,
         behind_proxy,
-        _kubeconfig_dir: dir,
     })
 }
 
@@ -119,7 +79,6 @@ async fn a_hung_apiserver_makes_the_leader_step_down_before_the_standby_leads() 
         client,
         proxy,
         behind_proxy: mut first,
-        _kubeconfig_dir,
     } = replica_behind_proxy(HA_CONFIG, &nodes).await?;
     wait_until("replica-a leads", Duration::from_secs(20), || async {
         first.is_leader().await
@@ -129,7 +88,7 @@ async fn a_hung_apiserver_makes_the_leader_step_down_before_the_standby_leads() 
     second.wait_ready(Duration::from_secs(30)).await?;
     ensure!(!second.is_leader().await?, "two leaders before any fault");
     for i in 0..4 {
-        create_pod(&client, &format!("early-{i}"), "300m").await?;
+        create_pod(&client, pod_json(&format!("early-{i}"), "300m")).await?;
     }
     wait_bound(&client, 4).await?;
     assert_eq!(scheduled(&first).await?, 4.0);
@@ -164,7 +123,7 @@ async fn a_hung_apiserver_makes_the_leader_step_down_before_the_standby_leads() 
     );
 
     for i in 0..6 {
-        create_pod(&client, &format!("late-{i}"), "300m").await?;
+        create_pod(&client, pod_json(&format!("late-{i}"), "300m")).await?;
     }
     let placed = wait_bound(&client, 10).await?;
     let mut per_node: BTreeMap<&str, u64> = BTreeMap::new();
@@ -255,7 +214,6 @@ health: {max_silence: 5s}
         client,
         proxy,
         behind_proxy: scheduler,
-        _kubeconfig_dir,
     } = replica_behind_proxy(config, &[FakeNode::new("a")]).await?;
     assert_eq!(probe(&scheduler, "/healthz").await?, (200, "ok".into()));
     assert_eq!(probe(&scheduler, "/readyz").await?, (200, "ready".into()));
@@ -272,7 +230,7 @@ health: {max_silence: 5s}
         .await?;
     assert!(ack.accepted, "{}", ack.reason);
     for i in 0..3 {
-        create_pod(&client, &format!("waiting-{i}"), "100m").await?;
+        create_pod(&client, pod_json(&format!("waiting-{i}"), "100m")).await?;
     }
     wait_until(
         "3 pods found unschedulable",

@@ -456,16 +456,7 @@ mod tests {
     fn ties_break_per_pod_and_spread_pods() {
         let nodes: Vec<_> = (0..5).map(|i| node(&format!("node-{i}"))).collect();
         let filters = Filters::standard(EnergyLevel::LowPowered);
-        for config in [
-            ScoreConfig::default(),
-            ScoreConfig {
-                kind: PolicyKind::Weighted {
-                    energy: 1.0,
-                    power: 1.0,
-                },
-                ..ScoreConfig::default()
-            },
-        ] {
+        for config in both_policies() {
             let mut per_node = [0; 5];
             for i in 0..100 {
                 let p = pod(&format!("0b9c6a1e-{i:04}"));
