@@ -23,45 +23,41 @@
 //!   it (then with multiplicity `hi_t`: every server is on once bundles run out). In slope order
 //!   this is the cheapest way to buy load from the type for every `x_t`, i.e. the LP's value.
 //!
-//! `μ` is chosen once per call (golden-section search of the root relaxation, concave in `μ`);
-//! any `μ ≥ 0` keeps the bound valid, a good one only prunes more.
+//! Any `μ ≥ 0` keeps the bound valid; a good one prunes more. Each search node picks its own by
+//! golden-section search (the bound is concave in `μ`), because the types already fixed change how
+//! much memory is still wanted: one `μ` for the whole search subtracts `μ ×` the memory surplus
+//! of nodes whose fixed servers already hold plenty, and measured ~100× more relaxations at
+//! 1,000 nodes. Without memory demand `μ = 0`.
 //!
-//! **Search.** Depth-first over types (most efficient first, by their bundle slope); at a node,
-//! the relaxation with `k_t` fixed to `v` is convex in `v`, so its minimiser is found by binary
-//! search, and children are tried from there outward in both directions until the relaxation
-//! reaches the best value found (beyond that point, convexity says it only grows). At a leaf every
-//! `k` is fixed and `Φ(k)` is evaluated exactly. The incumbent starts as the better of every
-//! server on and the caller's warm start (repaired to cover the demand). Exact up to float
-//! rounding (≈1e-12 relative): nothing is pruned whose relaxation is below the incumbent.
+//! **Search.** Depth-first over types (most efficient first, by their bundle slope). A node's
+//! children (`k_t` fixed to `v`) are bounded by the maximum of the relaxation at a fixed set of
+//! multipliers (the node's `μ` and `SPREAD` multiples of it): each is an LP's value in one of its
+//! right-hand sides, so convex in `v`, and so is their maximum. Its minimiser is found by binary
+//! search, and children are tried from there outward in both directions until the bound reaches
+//! the best value found (beyond that point, convexity says it only grows); each child then
+//! re-bounds itself at its own `μ` before branching. At a leaf every `k` is fixed and `Φ(k)` is
+//! evaluated exactly. The incumbent starts as the better of every server on and the caller's
+//! warm start (repaired to cover the demand). Exact up to float rounding (≈1e-12 relative):
+//! nothing is pruned whose bound is below the incumbent.
 //!
-//! **Cost.** A relaxation is O(P), P = Σ_t (segments_t + 1) (≤ 11 per type for SPECpower's 11
-//! points), plus O(P log P) and O(log(1/tol)) relaxations per call to sort the pieces and choose
-//! `μ`. A node costs O(log N_t) relaxations plus one per child tried. The worst case is
-//! exponential in the number of types — with flat curves the problem is a bounded knapsack
-//! (min-cost covering) — but the relaxation is within about one server's idle watts of the
-//! optimum, so few nodes survive: `examples/bench.rs` measures it at 1,000 nodes.
+//! **Cost.** A relaxation is O(P + T log T), P = Σ_t segments_t (≤ 10 per type for SPECpower's
+//! 11 points; the segments are sorted once per cluster, the T bundles per `μ`). A node costs
+//! `MU_STEPS` relaxations to choose its `μ` (none without memory demand), then O(log N_t) bounds
+//! for the binary search plus one per child tried, each bound `1 + SPREAD.len()` relaxations
+//! with memory demand. The worst case is exponential in the number of types — with flat curves
+//! the problem is a bounded knapsack (min-cost covering) — but the relaxation is within about one
+//! server's idle watts of the optimum, so few nodes survive: `examples/bench.rs` measures it at
+//! 1,000 nodes (README, "Benchmarks").
 
 use crate::{Autoscaled, Cluster, Demand, ServerType, EPSILON_MILLICORES};
 
-/// Golden-section steps for `μ` (each shrinks the interval by 0.618; 24 → 1e-5 of it).
-const MU_STEPS: usize = 24;
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Segment(usize),
-    Bundle,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Piece {
-    slope: f64,
-    ty: usize,
-    kind: Kind,
-}
+/// Golden-section steps for a node's `μ` (each shrinks the interval by 0.618: 12 → 0.3 % of it).
+const MU_STEPS: usize = 12;
+/// A node's children are bounded at its `μ` and these multiples of it (and the best of them).
+const SPREAD: [f64; 5] = [0.0, 0.5, 0.8, 1.25, 2.0];
 
 /// The relaxation at one memory multiplier `μ` (watts per MiB).
-struct Relaxation<'a> {
-    types: &'a [ServerType],
+struct Relaxation {
     mu: f64,
     /// `p_t − μ m_t`.
     idle: Vec<f64>,
@@ -69,85 +65,86 @@ struct Relaxation<'a> {
     inside: Vec<usize>,
     /// Millicores of one bundle.
     bundle: Vec<f64>,
-    pieces: Vec<Piece>,
+    /// (slope, type) of every bundle, by slope.
+    bundles: Vec<(f64, usize)>,
 }
 
-impl<'a> Relaxation<'a> {
-    fn new(types: &'a [ServerType], mu: f64) -> Self {
+impl Relaxation {
+    fn new(types: &[ServerType], mu: f64) -> Self {
         let mut r = Relaxation {
-            types,
             mu,
             idle: Vec::with_capacity(types.len()),
             inside: Vec::with_capacity(types.len()),
             bundle: Vec::with_capacity(types.len()),
-            pieces: Vec::new(),
+            bundles: Vec::with_capacity(types.len()),
         };
         for (t, ty) in types.iter().enumerate() {
             let idle = ty.envelope.idle - mu * ty.memory_mib;
-            let segments = &ty.envelope.segments;
-            r.pieces
-                .extend(segments.iter().enumerate().map(|(j, s)| Piece {
-                    slope: s.slope,
-                    ty: t,
-                    kind: Kind::Segment(j),
-                }));
             let (mut inside, mut cpu) = (0, 0.0);
             if idle > 0.0 {
                 let (mut watts, mut millicores, mut best) = (idle, 0.0, f64::INFINITY);
-                for (j, s) in segments.iter().enumerate() {
+                for (j, s) in ty.envelope.segments.iter().enumerate() {
                     watts += s.length * s.slope;
                     millicores += s.length;
                     if watts / millicores < best {
                         (best, inside, cpu) = (watts / millicores, j + 1, millicores);
                     }
                 }
-                r.pieces.push(Piece {
-                    slope: best,
-                    ty: t,
-                    kind: Kind::Bundle,
-                });
+                r.bundles.push((best, t));
             }
             r.idle.push(idle);
             r.inside.push(inside);
             r.bundle.push(cpu);
         }
-        r.pieces.sort_by(|a, b| a.slope.total_cmp(&b.slope));
+        r.bundles.sort_by(|a, b| a.0.total_cmp(&b.0));
         r
     }
 
     /// The bound over all `k` with `lo ≤ k ≤ hi`; +∞ when none of them covers the demand.
-    fn bound(&self, lo: &[u32], hi: &[u32], demand: Demand) -> f64 {
-        if !covers(self.types, hi, demand) {
+    fn bound(&self, cluster: &Cluster, lo: &[u32], hi: &[u32], demand: Demand) -> f64 {
+        let types = &cluster.types;
+        if !covers(types, hi, demand) {
             return f64::INFINITY;
         }
         let mut watts = self.mu * demand.memory_mib;
-        for t in 0..self.types.len() {
+        for t in 0..types.len() {
             let k = if self.idle[t] <= 0.0 { hi[t] } else { lo[t] };
             watts += k as f64 * self.idle[t];
         }
+        // Cheapest first over the merge of the segments (sorted once) and the bundles.
         let mut left = demand.cpu_millicores;
-        for p in &self.pieces {
-            if left <= EPSILON_MILLICORES {
-                break;
-            }
-            let t = p.ty;
-            let length = match p.kind {
-                Kind::Bundle => (hi[t] - lo[t]) as f64 * self.bundle[t],
-                Kind::Segment(j) => {
+        let (mut i, mut b) = (0, 0);
+        let segments = &cluster.segment_order;
+        while left > EPSILON_MILLICORES {
+            let segment = segments
+                .get(i)
+                .map(|&(t, j)| (types[t].envelope.segments[j].slope, t, j));
+            let bundle = self.bundles.get(b).copied();
+            let segment_first = match (segment, bundle) {
+                (Some((slope, _, _)), Some((other, _))) => slope <= other,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return f64::INFINITY,
+            };
+            let (slope, length) = match (segment, bundle) {
+                (Some((slope, t, j)), _) if segment_first => {
+                    i += 1;
                     let k = if self.idle[t] <= 0.0 || j >= self.inside[t] {
                         hi[t]
                     } else {
                         lo[t]
                     };
-                    k as f64 * self.types[t].envelope.segments[j].length
+                    (slope, k as f64 * types[t].envelope.segments[j].length)
                 }
+                (_, Some((slope, t))) => {
+                    b += 1;
+                    (slope, (hi[t] - lo[t]) as f64 * self.bundle[t])
+                }
+                (_, None) => return f64::INFINITY, // not reached: segment_first was true
             };
             let take = length.min(left);
-            watts += take * p.slope;
+            watts += take * slope;
             left -= take;
-        }
-        if left > EPSILON_MILLICORES {
-            return f64::INFINITY;
         }
         watts
     }
@@ -163,49 +160,12 @@ fn covers(types: &[ServerType], on: &[u32], demand: Demand) -> bool {
     cpu >= demand.cpu_millicores - EPSILON_MILLICORES && memory >= demand.memory_mib
 }
 
-/// The memory multiplier that maximises the root relaxation (golden-section search; concave).
-fn choose_mu(types: &[ServerType], all: &[u32], demand: Demand) -> f64 {
-    let none = vec![0; types.len()];
-    // Past the largest idle watts per MiB every type pays for itself and the bound only falls.
-    let top = types
-        .iter()
-        .filter(|t| t.memory_mib > 0.0)
-        .map(|t| t.envelope.idle / t.memory_mib)
-        .fold(0.0, f64::max);
-    if demand.memory_mib <= 0.0 || top <= 0.0 {
-        return 0.0;
-    }
-    let value = |mu: f64| Relaxation::new(types, mu).bound(&none, all, demand);
-    let phi = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut a, mut b) = (0.0, top);
-    let (mut c, mut d) = (b - phi * (b - a), a + phi * (b - a));
-    let (mut fc, mut fd) = (value(c), value(d));
-    for _ in 0..MU_STEPS {
-        if fc >= fd {
-            b = d;
-            (d, fd) = (c, fc);
-            c = b - phi * (b - a);
-            fc = value(c);
-        } else {
-            a = c;
-            (c, fc) = (d, fd);
-            d = a + phi * (b - a);
-            fd = value(d);
-        }
-    }
-    let mut best = (value(0.0), 0.0);
-    for (f, mu) in [(fc, c), (fd, d)] {
-        if f > best.0 {
-            best = (f, mu);
-        }
-    }
-    best.1
-}
-
 struct Search<'a> {
     cluster: &'a Cluster,
-    relaxation: Relaxation<'a>,
     demand: Demand,
+    /// Largest `μ` worth trying: past the largest idle watts per MiB every type pays for itself
+    /// and the bound only falls. 0 without memory demand.
+    top_mu: f64,
     /// Types in the order they are fixed.
     order: Vec<usize>,
     lo: Vec<u32>,
@@ -216,12 +176,43 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    /// The relaxation with type `t` fixed to `v` on.
-    fn fixed(&mut self, t: usize, v: u32) -> f64 {
-        self.lo[t] = v;
-        self.hi[t] = v;
+    fn bound(&mut self, relaxation: &Relaxation) -> f64 {
         self.evaluations += 1;
-        self.relaxation.bound(&self.lo, &self.hi, self.demand)
+        relaxation.bound(self.cluster, &self.lo, &self.hi, self.demand)
+    }
+
+    /// The relaxation at the `μ` that maximises it for the current box (golden-section search).
+    fn relaxation(&mut self) -> (Relaxation, f64) {
+        let types = &self.cluster.types;
+        let plain = Relaxation::new(types, 0.0);
+        let at_zero = self.bound(&plain);
+        if self.top_mu <= 0.0 || !at_zero.is_finite() {
+            return (plain, at_zero);
+        }
+        let phi = (5f64.sqrt() - 1.0) / 2.0;
+        let (mut a, mut b) = (0.0, self.top_mu);
+        let probe = |search: &mut Self, mu: f64| {
+            let r = Relaxation::new(types, mu);
+            let v = search.bound(&r);
+            (r, v)
+        };
+        let mut c = probe(self, b - phi * (b - a));
+        let mut d = probe(self, a + phi * (b - a));
+        for _ in 0..MU_STEPS {
+            if c.1 >= d.1 {
+                b = d.0.mu;
+                d = c;
+                c = probe(self, b - phi * (b - a));
+            } else {
+                a = c.0.mu;
+                c = d;
+                d = probe(self, a + phi * (b - a));
+            }
+        }
+        [c, d].into_iter().fold(
+            (plain, at_zero),
+            |best, x| if x.1 > best.1 { x } else { best },
+        )
     }
 
     fn dive(&mut self, depth: usize) {
@@ -233,6 +224,10 @@ impl Search<'_> {
                 self.best = watts;
                 self.best_on.clone_from(&self.lo);
             }
+            return;
+        }
+        let (relaxation, bound) = self.relaxation();
+        if bound >= self.best {
             return;
         }
         let t = self.order[depth];
@@ -260,24 +255,39 @@ impl Search<'_> {
             }
             b
         };
+        // Children are priced at a fixed set of multipliers around the node's best, so the bound
+        // (their maximum: a maximum of convex functions of v) stays convex in v.
+        let mu = relaxation.mu;
+        let mut at: Vec<Relaxation> = vec![relaxation];
+        if mu > 0.0 {
+            for f in SPREAD {
+                at.push(Relaxation::new(&self.cluster.types, mu * f));
+            }
+        }
+        let fixed = |search: &mut Self, v: u32| {
+            search.lo[t] = v;
+            search.hi[t] = v;
+            at.iter()
+                .fold(f64::NEG_INFINITY, |b, r| b.max(search.bound(r)))
+        };
         // The relaxation is convex in v: its minimiser by binary search.
         let (mut a, mut b) = (least, hi);
         while a < b {
             let m = a + (b - a) / 2;
-            if self.fixed(t, m + 1) < self.fixed(t, m) {
+            if fixed(self, m + 1) < fixed(self, m) {
                 a = m + 1;
             } else {
                 b = m;
             }
         }
         for v in a..=hi {
-            if self.fixed(t, v) >= self.best {
+            if fixed(self, v) >= self.best {
                 break;
             }
             self.dive(depth + 1);
         }
         for v in (least..a).rev() {
-            if self.fixed(t, v) >= self.best {
+            if fixed(self, v) >= self.best {
                 break;
             }
             self.dive(depth + 1);
@@ -290,16 +300,11 @@ impl Search<'_> {
 pub(crate) fn autoscaled(cluster: &Cluster, demand: Demand, warm: Option<&[u32]>) -> Autoscaled {
     let types = &cluster.types;
     let all: Vec<u32> = types.iter().map(ServerType::count).collect();
-    let relaxation = Relaxation::new(types, choose_mu(types, &all, demand));
     // Most efficient first: the type whose bundle is cheapest per millicore at μ = 0.
     let plain = Relaxation::new(types, 0.0);
     let mut efficiency = vec![f64::INFINITY; types.len()];
-    for p in plain
-        .pieces
-        .iter()
-        .filter(|p| matches!(p.kind, Kind::Bundle))
-    {
-        efficiency[p.ty] = p.slope;
+    for &(slope, t) in &plain.bundles {
+        efficiency[t] = slope;
     }
     let mut order: Vec<usize> = (0..types.len()).collect();
     order.sort_by(|&a, &b| efficiency[a].total_cmp(&efficiency[b]));
@@ -319,10 +324,19 @@ pub(crate) fn autoscaled(cluster: &Cluster, demand: Demand, warm: Option<&[u32]>
             (best, best_on) = (watts, on);
         }
     }
+    let top_mu = if demand.memory_mib > 0.0 {
+        types
+            .iter()
+            .filter(|t| t.memory_mib > 0.0)
+            .map(|t| t.envelope.idle / t.memory_mib)
+            .fold(0.0, f64::max)
+    } else {
+        0.0
+    };
     let mut search = Search {
         cluster,
-        relaxation,
         demand,
+        top_mu,
         order,
         lo: vec![0; types.len()],
         hi: all,
