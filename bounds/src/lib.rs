@@ -191,6 +191,10 @@ impl Cluster {
     /// The least total watts over whole servers on or off (off = 0 W) whose capacity covers
     /// `demand` (CPU and memory), the CPU load split freely among the servers on.
     ///
+    /// Non-decreasing in both the CPU and the memory demand (more demand only removes on-sets and
+    /// raises every fill), so its value at the least demand of a time interval bounds the whole
+    /// interval.
+    ///
     /// `warm`: servers on per type from a nearby demand (e.g. the previous instant's
     /// [`Autoscaled::on`]); it only speeds the search up, the result is the same without it.
     /// How it is solved, and its cost: `search.rs`.
