@@ -392,6 +392,18 @@ fn more_demand_never_lowers_a_bound() {
             );
             (on, auto) = (a, b);
         }
+        // Memory requests too, at a fixed CPU load.
+        let cpu = cluster.cpu_millicores() * rng.uniform(0.0, 0.5);
+        let mut auto = 0.0;
+        for step in 0..=20 {
+            let demand = Demand {
+                cpu_millicores: cpu,
+                memory_mib: cluster.memory_mib() * step as f64 / 20.0,
+            };
+            let b = cluster.autoscaled(demand, None).unwrap().watts;
+            assert!(b >= auto - 1e-9, "case {case} memory step {step}");
+            auto = b;
+        }
     }
 }
 
