@@ -472,6 +472,9 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
         &["get", "nodes"][..],
         &["list", "nodes"],
         &["watch", "nodes"],
+        // The energy adapter's label and annotations.
+        &["patch", "nodes"],
+        &["patch", "nodes/edge-1"],
         &["get", "pods", "-n", DEMO_NS],
         &["list", "pods", "--all-namespaces"],
         &["watch", "pods", "--all-namespaces"],
@@ -510,7 +513,9 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
         &["list", "secrets", "--all-namespaces"],
         &["get", "configmaps", "-n", NS],
         &["update", "nodes"],
-        &["patch", "nodes"],
+        &["create", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
+        &["update", "nodes", "--subresource=status"],
         &["get", "persistentvolumeclaims", "-n", DEMO_NS],
         &["create", "persistentvolumeclaims", "-n", DEMO_NS],
         &["update", "persistentvolumeclaims", "-n", DEMO_NS],
@@ -565,7 +570,7 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
     assert_eq!(
         rules,
         BTreeMap::from([
-            ("nodes", vec!["[] [get list watch]"]),
+            ("nodes", vec!["[] [get list watch patch]"]),
             ("pods", vec!["[] [get list watch]"]),
             ("pods/binding", vec!["[] [create]"]),
             ("persistentvolumeclaims", vec!["[] [list watch]"]),
