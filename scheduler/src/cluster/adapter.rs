@@ -85,7 +85,19 @@ impl EnergyAdapter {
                     self.metrics.label_patch("rate_limited");
                     continue;
                 }
-                if self.write(&node, &change).await {
+                // The call is bounded by api.timeout: waiting on it is progress, not a wedge.
+                let took = {
+                    let write = self.write(&node, &change);
+                    tokio::pin!(write);
+                    let mut idle = tokio::time::interval(ROUND);
+                    loop {
+                        tokio::select! {
+                            took = &mut write => break took,
+                            _ = idle.tick() => heartbeat.beat(),
+                        }
+                    }
+                };
+                if took {
                     written.insert(node, (change, Instant::now()));
                 }
             }
