@@ -264,8 +264,8 @@ impl Default for EnergyLabelsConfig {
     fn default() -> Self {
         Self {
             publish: true,
-            patches_per_second: 5.0,
-            burst: 50,
+            patches_per_second: 10.0,
+            burst: 100,
         }
     }
 }
@@ -555,8 +555,8 @@ mod tests {
     fn energy_label_limits_are_checked_and_named() {
         let c = SchedulerConfig::from_yaml("").unwrap();
         assert!(c.energy_labels.publish);
-        assert_eq!(c.energy_labels.patches_per_second, 5.0);
-        assert_eq!(c.energy_labels.burst, 50);
+        assert_eq!(c.energy_labels.patches_per_second, 10.0);
+        assert_eq!(c.energy_labels.burst, 100);
         for (yaml, key) in [
             (
                 "energy_labels: {patches_per_second: 0}",

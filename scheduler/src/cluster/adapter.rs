@@ -104,9 +104,10 @@ impl EnergyAdapter {
         }
     }
 
-    /// The changes due now, and the published-level gauge.
+    /// The changes due now, and the published-level gauge. Under the rate limit, new levels and
+    /// removals go before updates of the percentage alone.
     fn plan(&self, now: Instant, expect_reports: bool) -> Vec<(String, LabelChange)> {
-        let mut changes = Vec::new();
+        let (mut levels, mut percentages) = (Vec::new(), Vec::new());
         let mut labelled = [0usize; 4];
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -115,13 +116,22 @@ impl EnergyAdapter {
                 if let Some(level) = published.managed_level() {
                     labelled[level_index(level)] += 1;
                 }
-                if let Some(change) = decide(published, reported) {
-                    changes.push((name.to_string(), change));
+                let Some(change) = decide(published, reported) else {
+                    return;
+                };
+                let percent_only = matches!(&change, LabelChange::Publish { label, .. }
+                    if published.label.as_deref() == Some(*label));
+                if percent_only {
+                    &mut percentages
+                } else {
+                    &mut levels
                 }
+                .push((name.to_string(), change));
             });
         }
         self.metrics.labelled_nodes(labelled);
-        changes
+        levels.append(&mut percentages);
+        levels
     }
 
     /// Patches one node; true when the API server took the change.
