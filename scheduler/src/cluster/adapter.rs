@@ -119,9 +119,7 @@ impl EnergyAdapter {
                 let Some(change) = decide(published, reported) else {
                     return;
                 };
-                let percent_only = matches!(&change, LabelChange::Publish { label, .. }
-                    if published.label.as_deref() == Some(*label));
-                if percent_only {
+                if change.percent_only(published) {
                     &mut percentages
                 } else {
                     &mut levels

@@ -81,6 +81,15 @@ pub enum LabelChange {
     Remove,
 }
 
+impl LabelChange {
+    /// The change only updates the percentage of a label that already shows the level: the
+    /// least urgent kind of write.
+    pub fn percent_only(&self, published: &PublishedEnergy) -> bool {
+        matches!(self, LabelChange::Publish { label, .. }
+            if published.managed && published.label.as_deref() == Some(*label))
+    }
+}
+
 /// The percentage as published: a whole number, so sub-percent drift writes nothing.
 pub fn percent_text(percent: f64) -> String {
     format!("{:.0}", percent.clamp(0.0, 100.0))
@@ -193,6 +202,21 @@ mod tests {
             decide(&published(None, true, Some("22")), LOW_22),
             publish("low-powered", "22")
         );
+    }
+
+    #[test]
+    fn percentage_updates_are_told_apart_from_new_levels() {
+        let ours = published(Some("low-powered"), true, Some("30"));
+        let change = decide(&ours, LOW_22).unwrap();
+        assert!(change.percent_only(&ours));
+        let was_vulnerable = published(Some("vulnerable"), true, Some("41"));
+        assert!(!decide(&was_vulnerable, LOW_22)
+            .unwrap()
+            .percent_only(&was_vulnerable));
+        assert!(!decide(&published(None, false, None), LOW_22)
+            .unwrap()
+            .percent_only(&published(None, false, None)));
+        assert!(!LabelChange::Remove.percent_only(&ours));
     }
 
     #[test]
