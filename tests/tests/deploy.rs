@@ -829,15 +829,22 @@ async fn the_scheduler_runs_with_exactly_the_manifests_rbac_and_config() -> Resu
         Some("wattwise-scheduler-test-0"),
         "the replica holds the Lease in its namespace"
     );
-    let events = Api::<Event>::namespaced(client, DEMO_NS)
-        .list(&ListParams::default())
-        .await?;
-    let scheduled = events
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some("Scheduled"))
-        .count();
-    assert!(scheduled >= 12, "{scheduled} Scheduled events");
+    // Events are written after the binds, in the background: wait for them.
+    let events = Api::<Event>::namespaced(client, DEMO_NS);
+    let scheduled = || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok::<_, anyhow::Error>(
+            (list.items.iter())
+                .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+                .count(),
+        )
+    };
+    wait_until(
+        "a Scheduled event per sample pod",
+        Duration::from_secs(20),
+        || async { Ok(scheduled().await? >= 12) },
+    )
+    .await?;
     let http = reqwest::Client::new();
     let ready = http.get(format!("http://{metrics}/readyz")).send().await?;
     assert!(ready.status().is_success(), "/readyz: {}", ready.status());
