@@ -199,3 +199,54 @@ fn agents(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(seeds: &str) -> Scenario {
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/workload");
+        let yaml = format!(
+            "
+name: tiny
+duration_hours: 1
+seeds: {seeds}
+nodes:
+  - {{spec: power_ssj2008-20121113-00584, count: 3}}
+  - {{spec: power_ssj2008-20210615-01111, count: 1}}
+workload:
+  synthetic:
+    utilisation_series: {data}/dc_util_google2019_300s.csv
+    column: cpu_util_percent
+    short_job_share: 0.3
+    short_job_durations: {data}/azure_functions_2021_excerpt_199_invocations.csv
+    service_mean_seconds: 600
+power_management: {{kind: autoscaler, empty_minutes: 2}}
+policies: [wattwise, serverless-seed, random]
+"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Scenario::load(&path).unwrap()
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_result() {
+        let outcomes = |seeds: &str| -> Vec<(PolicyName, Outcome)> {
+            simulate(&scenario(seeds))
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.policy, r.outcome))
+                .collect()
+        };
+        let first = outcomes("[3]");
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().all(|(_, o)| o.pods > 100 && o.decisions > 0));
+        assert_eq!(first, outcomes("[3]"));
+        let other = outcomes("[4]");
+        for ((policy, a), (_, b)) in first.iter().zip(&other) {
+            assert_ne!(a.energy_kwh, b.energy_kwh, "{policy:?}");
+        }
+    }
+}

@@ -342,3 +342,212 @@ impl Placement for ServerlessSeed {
         best_of(scored, |a, b| a > b, rng)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand::SeedableRng;
+    use wattwise_core::PowerCurve;
+
+    use super::*;
+    use crate::agent::Report;
+    use crate::cluster::{Hardware, PodPhase};
+    use crate::specpower::by_result_id;
+    use crate::view::{pod_request, Requests};
+    use crate::workload::TracePod;
+
+    /// Tyan 2S of 2012 (16 threads, 61 → 256 W) and a Lenovo 1S of 2021 (128 threads,
+    /// 54 → 240 W).
+    const OLD: &str = "power_ssj2008-20121113-00584";
+    const NEW: &str = "power_ssj2008-20210615-01111";
+
+    fn pod(cpu: u64) -> SimPod {
+        let requests = Requests {
+            cpu_millicores: cpu,
+            memory_mib: 1024,
+        };
+        SimPod {
+            trace: TracePod {
+                name: format!("p{cpu}"),
+                cpu_millicores: cpu,
+                memory_mib: 1024,
+                arrival: 0.0,
+                lifetime: None,
+            },
+            share: 1.0,
+            requests,
+            request: pod_request(&format!("p{cpu}"), requests),
+            phase: PodPhase::Pending { since: 0.0 },
+            remaining: None,
+            generation: 0,
+        }
+    }
+
+    /// Nodes of the given servers (capacity `cpu` each, else the server's threads), ready.
+    fn cluster(specs: &[&str], cpu: Option<u64>) -> (Cluster, SchedulerView) {
+        let nodes: Vec<SimNode> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let spec = Arc::new(by_result_id(id).unwrap());
+                let hardware = Hardware {
+                    cpu_millicores: cpu.unwrap_or(spec.threads as u64 * 1000),
+                    memory_mib: 32_768,
+                    spec,
+                    inlet_celsius: 23.0,
+                };
+                SimNode::new(format!("n{i}"), hardware)
+            })
+            .collect();
+        let capacities: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let h = &n.hardware;
+                (
+                    n.name.clone(),
+                    Requests {
+                        cpu_millicores: h.cpu_millicores,
+                        memory_mib: h.memory_mib,
+                    },
+                )
+            })
+            .collect();
+        let mut view = SchedulerView::new(&capacities, 30.0, 30.0);
+        for i in 0..nodes.len() {
+            view.set_ready(i, true);
+        }
+        (
+            Cluster {
+                nodes,
+                pods: Vec::new(),
+            },
+            view,
+        )
+    }
+
+    /// A running pod of `cpu` on `node`, fully busy.
+    fn load(c: &mut Cluster, view: &mut SchedulerView, node: usize, cpu: u64) {
+        let p = pod(cpu);
+        let n = &mut c.nodes[node];
+        n.requested.cpu_millicores += cpu;
+        n.requested.memory_mib += p.requests.memory_mib;
+        n.non_zero = n.requested;
+        n.load_millicores += cpu as f64;
+        n.pods.push(c.pods.len());
+        view.bind(node, c.pods.len(), &p.request, -100.0);
+        c.pods.push(p);
+    }
+
+    /// Each node reports its true curve and utilisation.
+    fn report_all(c: &Cluster, view: &mut SchedulerView) {
+        for (i, n) in c.nodes.iter().enumerate() {
+            let curve = PowerCurve::sample(101, |u| n.hardware.watts(u)).unwrap();
+            let report = Report {
+                curve,
+                utilisation: n.utilisation(),
+            };
+            view.report(i, report, 0.0);
+        }
+    }
+
+    fn choose(name: PolicyName, c: &Cluster, view: &SchedulerView, p: &SimPod) -> Option<usize> {
+        let mut rng = StdRng::seed_from_u64(1);
+        name.build().place(p, c, view, &mut rng)
+    }
+
+    #[test]
+    fn kube_default_spreads_and_most_allocated_packs() {
+        let (mut c, mut view) = cluster(&[OLD, OLD], Some(8000));
+        load(&mut c, &mut view, 0, 4000);
+        let p = pod(1000);
+        assert_eq!(choose(PolicyName::KubeDefault, &c, &view, &p), Some(1));
+        assert_eq!(choose(PolicyName::MostAllocated, &c, &view, &p), Some(0));
+        // A pod that fits only on the emptier node goes there under both.
+        let big = pod(6000);
+        assert_eq!(choose(PolicyName::MostAllocated, &c, &view, &big), Some(1));
+        assert_eq!(choose(PolicyName::Random, &c, &view, &big), Some(1));
+    }
+
+    #[test]
+    fn wattwise_takes_the_node_adding_fewest_watts_where_kube_spreads() {
+        let (mut c, mut view) = cluster(&[OLD, NEW], None);
+        // The efficient node is half busy, the old one idle.
+        load(&mut c, &mut view, 1, 64_000);
+        report_all(&c, &mut view);
+        let p = pod(1000);
+        assert_eq!(choose(PolicyName::Wattwise, &c, &view, &p), Some(1));
+        assert_eq!(choose(PolicyName::KubeDefault, &c, &view, &p), Some(0));
+        // Without fresh reports wattwise still places (default curve, from requests).
+        view.expire(0, 1000.0);
+        view.expire(1, 1000.0);
+        assert!(choose(PolicyName::Wattwise, &c, &view, &p).is_some());
+    }
+
+    #[test]
+    fn minimize_power_prices_on_readings_that_miss_load_placed_since() {
+        let (mut c, mut view) = cluster(&[NEW, NEW], Some(16_000));
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut policy = MinimizePower::default();
+        load(&mut c, &mut view, 0, 8000);
+        policy.tick(0.0, &c, &mut rng);
+        // Whichever node the readings make cheaper keeps winning while load placed there since
+        // the reading stays unseen.
+        let p = pod(4000);
+        let first = policy.place(&p, &c, &view, &mut rng).unwrap();
+        load(&mut c, &mut view, first, 4000);
+        assert_eq!(
+            policy.place(&p, &c, &view, &mut rng),
+            Some(first),
+            "stale readings"
+        );
+        // Inputs rounded to 0.1: a 100 m pod moves no input, so every node costs 0 W.
+        let tiny = pod(100);
+        let before = policy.readings.clone();
+        let costs: Vec<f64> = (0..2)
+            .map(|i| {
+                let h = &c.nodes[i].hardware;
+                let round = |u: f64| (u * 10.0).round() / 10.0;
+                h.watts(round(before[i] + 100.0 / 16_000.0)) - h.watts(round(before[i]))
+            })
+            .collect();
+        assert_eq!(costs, [0.0, 0.0]);
+        let mut chosen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            chosen.extend(policy.place(&tiny, &c, &view, &mut rng));
+        }
+        assert_eq!(chosen.len(), 2, "ties broken at random");
+    }
+
+    #[test]
+    fn serverless_seed_filters_powerless_and_evicts_towards_any_higher_level() {
+        let (mut c, mut view) = cluster(&[OLD, OLD, OLD], Some(8000));
+        let mut policy = ServerlessSeed {
+            levels: vec![
+                EnergyLevel::Powerless,
+                EnergyLevel::WellPowered,
+                EnergyLevel::LowPowered,
+            ],
+            ticks: 3,
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        // The well-powered node is full; the powerless one empty.
+        load(&mut c, &mut view, 1, 8000);
+        let p = pod(1000);
+        assert_eq!(policy.place(&p, &c, &view, &mut rng), Some(2));
+        load(&mut c, &mut view, 2, 1000);
+        // At 30 s the offloader evicts every pod below the highest level (node 2's, pod 1),
+        // though the well-powered node has no room for it.
+        assert_eq!(policy.tick(30.0, &c, &mut rng), [1]);
+        // At 40 s the adapter swaps levels (well ↔ low, vulnerable ↔ powerless); no offloading.
+        assert!(policy.tick(40.0, &c, &mut rng).is_empty());
+        assert_eq!(
+            policy.levels,
+            [
+                EnergyLevel::Vulnerable,
+                EnergyLevel::LowPowered,
+                EnergyLevel::WellPowered
+            ]
+        );
+    }
+}
