@@ -476,15 +476,19 @@ impl Engine<'_> {
         }
     }
 
-    /// Takes a bound pod off its node (finished or evicted); an evicted pod keeps what it has
-    /// left to run.
+    /// Takes a bound pod off its node (finished or evicted). An evicted pod keeps the work it
+    /// has left: its remaining time loses only what it ran, and it starts up again wherever it
+    /// is placed next, so a restart costs time, not work.
     fn unbind(&mut self, pod: usize) {
         let now = self.now;
+        let ran_since = self.pod_start_seconds;
         let p = &mut self.cluster.pods[pod];
         let PodPhase::Bound { node, at, started } = p.phase else {
             return;
         };
-        p.remaining = p.remaining.map(|r| (r - (now - at)).max(0.0));
+        p.remaining = p
+            .remaining
+            .map(|r| (r - (now - at - ran_since).max(0.0)).max(0.0));
         let (load, non_zero, requests) = (p.load_millicores(), p.non_zero(), p.requests);
         let n = &mut self.cluster.nodes[node];
         n.pods.retain(|&q| q != pod);
