@@ -554,3 +554,102 @@ fn the_reports_calibration_is_the_agents() {
     assert!(clamped > 1000, "the bounds were exercised: {clamped}");
     println!("{compared} fits compared, {rejected} rejections, {clamped} on a bound; largest relative difference {worst:e}");
 }
+
+/// Methods the accuracy report's placement figures cover (models/report.py `PLACEMENT`).
+const PLACEMENT_METHODS: [&str; 9] = [
+    "measured",
+    "generic_config",
+    "generic_default",
+    "generic_calibrated",
+    "generic_config_calibrated",
+    "class_config",
+    "class_default",
+    "linear",
+    "similar",
+];
+
+#[test]
+fn the_reports_placement_figures_exist_and_measure_what_they_say() {
+    if skip_without_python("the_reports_placement_figures_exist_and_measure_what_they_say") {
+        return;
+    }
+    let run = Command::new("python3")
+        .arg(models_dir().join("report.py"))
+        .arg("--placement")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "models/report.py --placement failed ({}):\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let servers = held_out();
+    assert_eq!(figures["servers"], servers.len());
+    let steps = ["0.05", "0.25"];
+    let methods = figures["methods"].as_object().unwrap();
+    let mut names: Vec<&str> = methods.keys().map(String::as_str).collect();
+    names.sort();
+    let mut expected = PLACEMENT_METHODS.to_vec();
+    expected.sort();
+    assert_eq!(names, expected);
+    let number = |v: &serde_json::Value, what: &str| -> f64 {
+        let x = v
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+        assert!(x.is_finite(), "{what} = {x}");
+        x
+    };
+    for (name, m) in methods {
+        for step in steps {
+            let marginal = &m["marginal"][step];
+            assert!(number(&marginal["mae_w"], name) >= 0.0, "{name} {step}");
+            assert!(number(&marginal["relative"], name) >= 0.0, "{name} {step}");
+            number(&marginal["bias"], name);
+            let ranking = number(&m["ranking"][step], name);
+            assert!((0.0..=1.0).contains(&ranking), "{name} {step}: {ranking}");
+        }
+    }
+    // The published curves against themselves: no error, every pair in order.
+    for step in steps {
+        let truth = &methods["measured"];
+        assert_eq!(truth["ranking"][step], 1.0, "{step}");
+        assert_eq!(truth["marginal"][step]["mae_w"], 0.0, "{step}");
+        // A model that knows the node's idle and peak orders most pairs right.
+        let ranking = number(
+            &methods["generic_config"]["ranking"][step],
+            "generic_config",
+        );
+        assert!(
+            ranking > 0.75,
+            "generic, idle + peak configured, +{step}: {ranking}"
+        );
+    }
+    // The linear baseline's marginal error, recomputed here from held_out.csv: the steps are
+    // shares of capacity from each level where they fit, the measurements interpolated linearly.
+    let interpolate = |w: &[f64; 11], u: f64| {
+        let i = ((u * 10.0).floor() as usize).min(9);
+        w[i] + (w[i + 1] - w[i]) * (u * 10.0 - i as f64)
+    };
+    for step in steps {
+        let delta: f64 = step.parse().unwrap();
+        let mut errors = Vec::new();
+        for s in &servers {
+            for level in 0..=10 {
+                let u = level as f64 / 10.0;
+                if u + delta > 1.0 + 1e-9 {
+                    continue;
+                }
+                let measured = interpolate(&s.watts, u + delta) - interpolate(&s.watts, u);
+                errors.push(((s.watts[10] - s.watts[0]) * delta - measured).abs());
+            }
+        }
+        let mae = errors.iter().sum::<f64>() / errors.len() as f64;
+        let reported = number(&methods["linear"]["marginal"][step]["mae_w"], "linear");
+        assert!(
+            (mae - reported).abs() <= 1e-9 * mae.max(1.0),
+            "linear +{step}: {mae} here, {reported} in the report"
+        );
+    }
+}
