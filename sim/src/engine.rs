@@ -1,6 +1,11 @@
 //! The discrete-event simulation: pod arrivals, starts and completions, agent reports, the
 //! policy's periodic work, power management, and energy accounting that integrates each node's
 //! true watts over time (piecewise constant between events, so the integral is exact).
+//!
+//! Beside it, the lower bounds of `wattwise-bounds` over the same run: for each report period,
+//! the bound at the least demand seen in that period (CPU load of started pods, memory requests
+//! of bound pods) times the period's length. Both bounds are non-decreasing in the demand, so
+//! this stays a lower bound on the energy any placement of that demand needs.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -8,6 +13,8 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use wattwise_bounds::{BoundError, Demand};
+use wattwise_core::PowerCurve;
 
 use crate::agent::Agent;
 use crate::cluster::{Cluster, PodPhase, PowerState, SimNode, SimPod};
@@ -35,6 +42,10 @@ pub struct Setup {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Outcome {
     pub energy_kwh: f64,
+    /// Lower bound with every node on (fractional over the curves' convex envelopes).
+    pub bound_always_on_kwh: f64,
+    /// Lower bound with nodes free to power off (whole servers, divisible work).
+    pub bound_autoscaled_kwh: f64,
     pub mean_watts: f64,
     pub peak_watts: f64,
     pub pods: usize,
@@ -144,6 +155,74 @@ struct Engine<'p> {
     boots: u64,
     decisions: u64,
     power_series: Vec<f64>,
+    bounds: Bounds,
+}
+
+/// The lower bounds' running integral.
+struct Bounds {
+    cluster: wattwise_bounds::Cluster,
+    /// CPU load of started pods and memory requests of bound pods, now.
+    demand: Demand,
+    /// The least demand since `since`.
+    least: Demand,
+    since: f64,
+    always_on_joules: f64,
+    autoscaled_joules: f64,
+    /// Servers on per type at the last evaluation: a warm start for the next.
+    warm: Option<Vec<u32>>,
+}
+
+impl Bounds {
+    fn new(nodes: &[SimNode]) -> Result<Self, BoundError> {
+        let servers: Vec<wattwise_bounds::Server> = nodes
+            .iter()
+            .map(|n| wattwise_bounds::Server {
+                // 1 % steps hold the published 10 % levels exactly.
+                curve: PowerCurve::sample(101, |u| n.hardware.watts(u))
+                    .expect("published curves rise with load"),
+                capacity_millicores: n.hardware.cpu_millicores,
+                memory_mib: n.hardware.memory_mib,
+            })
+            .collect();
+        let zero = Demand {
+            cpu_millicores: 0.0,
+            memory_mib: 0.0,
+        };
+        Ok(Self {
+            cluster: wattwise_bounds::Cluster::new(&servers)?,
+            demand: zero,
+            least: zero,
+            since: 0.0,
+            always_on_joules: 0.0,
+            autoscaled_joules: 0.0,
+            warm: None,
+        })
+    }
+
+    /// The demand changed by (`cpu`, `memory`).
+    fn change(&mut self, cpu: f64, memory: f64) {
+        self.demand.cpu_millicores = (self.demand.cpu_millicores + cpu).max(0.0);
+        self.demand.memory_mib = (self.demand.memory_mib + memory).max(0.0);
+        self.least.cpu_millicores = self.least.cpu_millicores.min(self.demand.cpu_millicores);
+        self.least.memory_mib = self.least.memory_mib.min(self.demand.memory_mib);
+    }
+
+    /// Closes the period ending at `now`.
+    fn close(&mut self, now: f64) {
+        let dt = now - self.since;
+        if dt > 0.0 {
+            let least = self.least;
+            if let Ok(watts) = self.cluster.always_on(least.cpu_millicores) {
+                self.always_on_joules += watts * dt;
+            }
+            if let Ok(bound) = self.cluster.autoscaled(least, self.warm.as_deref()) {
+                self.autoscaled_joules += bound.watts * dt;
+                self.warm = Some(bound.on);
+            }
+        }
+        self.since = now;
+        self.least = self.demand;
+    }
 }
 
 fn state_slot(state: PowerState) -> usize {
@@ -196,6 +275,7 @@ pub fn run(setup: Setup, policy: &mut dyn Placement) -> (Outcome, Timing) {
         })
         .collect::<Vec<_>>();
     let nodes = setup.nodes.len();
+    let nodes_for_bounds = setup.nodes.clone();
     let mut engine = Engine {
         cluster: Cluster {
             nodes: setup.nodes,
@@ -226,6 +306,7 @@ pub fn run(setup: Setup, policy: &mut dyn Placement) -> (Outcome, Timing) {
         boots: 0,
         decisions: 0,
         power_series: Vec::new(),
+        bounds: Bounds::new(&nodes_for_bounds).expect("validated nodes"),
     };
     engine.start();
     engine.run_until(setup.duration);
@@ -279,6 +360,7 @@ impl Engine<'_> {
             self.handle(next.event);
         }
         self.advance(end);
+        self.bounds.close(end);
     }
 
     /// Integrates power and node states up to `t`.
@@ -347,6 +429,7 @@ impl Engine<'_> {
                             started: true,
                         };
                         self.cluster.nodes[node].load_millicores += load;
+                        self.bounds.change(load, 0.0);
                         self.update_watts(node);
                     }
                 }
@@ -373,6 +456,7 @@ impl Engine<'_> {
                     }
                 }
                 self.power_series.push(self.total_watts);
+                self.bounds.close(self.now);
                 let period = self.reports.period_seconds;
                 self.schedule(self.now + period, Event::Reports);
             }
@@ -465,6 +549,7 @@ impl Engine<'_> {
         n.pods.push(pod);
         n.requested = add(n.requested, requests, 1);
         n.non_zero = add(n.non_zero, non_zero, 1);
+        self.bounds.change(0.0, requests.memory_mib as f64);
         self.view
             .bind(node, pod, &self.cluster.pods[pod].request, now);
         self.schedule(
@@ -497,6 +582,8 @@ impl Engine<'_> {
         if started {
             n.load_millicores = (n.load_millicores - load).max(0.0);
         }
+        let cpu = if started { -load } else { 0.0 };
+        self.bounds.change(cpu, -(requests.memory_mib as f64));
         if n.pods.is_empty() {
             n.empty_since = now;
         }
@@ -619,6 +706,8 @@ impl Engine<'_> {
             .count();
         Outcome {
             energy_kwh: self.energy_joules / 3.6e6,
+            bound_always_on_kwh: self.bounds.always_on_joules / 3.6e6,
+            bound_autoscaled_kwh: self.bounds.autoscaled_joules / 3.6e6,
             mean_watts: self.energy_joules / duration,
             peak_watts: self.peak_watts,
             pods: arrived,
@@ -709,6 +798,13 @@ mod tests {
         assert_eq!((o.pods, o.pods_never_placed, o.decisions), (1, 0, 1));
         assert_eq!(o.mean_pending_seconds, 0.0);
         assert!((o.node_hours_on - 1000.0 / 3600.0).abs() < 1e-12);
+        // The bounds take each 10 s report period at its least demand: the periods the pod
+        // arrives and leaves in count as idle. Always on: 10 W idle, 30 W at 50 % (a vertex of
+        // the curve's convex envelope); autoscaled: 0 W without demand.
+        let always_on = 10.0 * 110.0 + 30.0 * 180.0 + 10.0 * 710.0;
+        assert!((o.bound_always_on_kwh * 3.6e6 - always_on).abs() < 1e-6);
+        assert!((o.bound_autoscaled_kwh * 3.6e6 - 30.0 * 180.0).abs() < 1e-6);
+        assert!(o.bound_always_on_kwh <= o.energy_kwh);
     }
 
     #[test]

@@ -243,6 +243,16 @@ policies: [wattwise, serverless-seed, random]
         let first = outcomes("[3]");
         assert_eq!(first.len(), 3);
         assert!(first.iter().all(|(_, o)| o.pods > 100 && o.decisions > 0));
+        // Nodes may power off here, so every policy's energy is at least the whole-server
+        // bound, which is at most the always-on one.
+        for (policy, o) in &first {
+            assert!(o.bound_autoscaled_kwh > 0.0, "{policy:?}");
+            assert!(
+                o.bound_autoscaled_kwh <= o.bound_always_on_kwh,
+                "{policy:?}"
+            );
+            assert!(o.bound_autoscaled_kwh <= o.energy_kwh, "{policy:?}");
+        }
         assert_eq!(first, outcomes("[3]"));
         let other = outcomes("[4]");
         for ((policy, a), (_, b)) in first.iter().zip(&other) {

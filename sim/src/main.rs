@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
         scenario.seeds = seeds;
     }
     let runs = simulate(&scenario).with_context(|| format!("scenario {}", scenario.name))?;
-    let summaries = report::summarise(&runs);
+    let autoscaled = matches!(
+        scenario.power_management,
+        wattwise_sim::scenario::PowerManagement::Autoscaler { .. }
+    );
+    let summaries = report::summarise(&runs, autoscaled);
     if args.json {
         let runs: Vec<_> = runs
             .iter()

@@ -34,6 +34,11 @@ pub struct Summary {
     pub policy: PolicyName,
     pub seeds: usize,
     pub energy_kwh: Stat,
+    pub bound_always_on_kwh: Stat,
+    pub bound_autoscaled_kwh: Stat,
+    /// Share of the gap between kube-default's energy and the scenario's bound (always-on or
+    /// autoscaled, as its power management) that this policy closes, percent, per seed.
+    pub gap_captured_percent: Option<Stat>,
     /// Energy saved against kube-default in the same seeds (percent; absent without it).
     pub saving_vs_kube_percent: Option<Stat>,
     pub mean_watts: Stat,
@@ -50,7 +55,8 @@ pub struct Summary {
     pub decisions_per_second: Stat,
 }
 
-pub fn summarise(runs: &[Run]) -> Vec<Summary> {
+/// `autoscaled`: the scenario lets nodes power off, so its bound is the whole-server one.
+pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
     let mut by_policy: BTreeMap<PolicyName, Vec<&Run>> = BTreeMap::new();
     for run in runs {
         by_policy.entry(run.policy).or_default().push(run);
@@ -72,10 +78,27 @@ pub fn summarise(runs: &[Run]) -> Vec<Summary> {
                         .map(|k| 100.0 * (k - r.outcome.energy_kwh) / k)
                 })
                 .collect();
+            let bound = |r: &Run| {
+                if autoscaled {
+                    r.outcome.bound_autoscaled_kwh
+                } else {
+                    r.outcome.bound_always_on_kwh
+                }
+            };
+            let captured: Option<Vec<f64>> = runs
+                .iter()
+                .map(|r| {
+                    kube.get(&r.seed)
+                        .map(|k| 100.0 * (k - r.outcome.energy_kwh) / (k - bound(r)))
+                })
+                .collect();
             Summary {
                 policy,
                 seeds: runs.len(),
                 energy_kwh: stat(&|r| r.outcome.energy_kwh),
+                bound_always_on_kwh: stat(&|r| r.outcome.bound_always_on_kwh),
+                bound_autoscaled_kwh: stat(&|r| r.outcome.bound_autoscaled_kwh),
+                gap_captured_percent: captured.map(|c| Stat::of(&c)),
                 saving_vs_kube_percent: savings.map(|s| Stat::of(&s)),
                 mean_watts: stat(&|r| r.outcome.mean_watts),
                 peak_watts: stat(&|r| r.outcome.peak_watts),
@@ -104,15 +127,18 @@ pub fn table(summaries: &[Summary]) -> String {
         }
     };
     let mut out = String::from(
-        "| policy | IT energy kWh | saving vs kube % | mean W | peak W | never placed | pending mean s | pending p99 s | node-h on | node-h off | evictions | boots | decisions/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| policy | IT energy kWh | bound always-on kWh | bound autoscaled kWh | kube→bound gap captured % | saving vs kube % | mean W | peak W | never placed | pending mean s | pending p99 s | node-h on | node-h off | evictions | boots | decisions/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.policy.label(),
             f(s.energy_kwh, 2),
+            f(s.bound_always_on_kwh, 2),
+            f(s.bound_autoscaled_kwh, 2),
+            s.gap_captured_percent.map_or("–".into(), |v| f(v, 1)),
             s.saving_vs_kube_percent.map_or("–".into(), |v| f(v, 1)),
             f(s.mean_watts, 0),
             f(s.peak_watts, 0),
