@@ -232,6 +232,28 @@ policies: [wattwise, serverless-seed, random]
     }
 
     #[test]
+    fn committed_scenarios_load_with_their_nodes_and_data() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let scenario = Scenario::load(&path).unwrap();
+                let nodes = nodes(&scenario).unwrap();
+                assert!(!nodes.is_empty(), "{}", path.display());
+                if let Some(s) = &scenario.workload.synthetic {
+                    let series = scenario.resolve(&s.utilisation_series);
+                    assert!(!workload::read_column(&series, &s.column)
+                        .unwrap()
+                        .is_empty());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3);
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_result() {
         let outcomes = |seeds: &str| -> Vec<(PolicyName, Outcome)> {
             simulate(&scenario(seeds))
