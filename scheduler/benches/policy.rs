@@ -11,7 +11,7 @@
 //! the decision path: building a snapshot (start-up, compaction), rewriting one node (a node
 //! event), one node's usage (a pod event) or power (a report), taking in a report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use serde_json::json;
 use wattwise_core::{EnergyLevel, PowerCurve, ValidatedReport};
 use wattwise_proto::v1 as pb;
 use wattwise_scheduler::cluster::cache::{CacheSettings, ClusterCache};
+use wattwise_scheduler::policy::offload::{plan, BoundPod, OffloadConfig, Owner};
 use wattwise_scheduler::policy::{
     schedule, Filters, HostPort, NodePower, NodeState, PodRequest, Protocol, Resources,
     ScoreConfig, Snapshot, Taint, TaintEffect, Toleration, TolerationOperator,
@@ -385,6 +386,98 @@ fn upkeep(c: &mut Criterion) {
     group.finish();
 }
 
+/// One offloader pass over 5,000 nodes and 50,000 pods (ten per node, 100m–1 CPU, each of a
+/// ReplicaSet, an hour old) with 10 % of the nodes low-powered: with the default limits (at
+/// most 20 moves a pass) and without limits (every pod on a weak node placed: the worst case),
+/// beside one pod through `schedule` over the same nodes.
+fn offload(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut nodes = cluster(5_000, &mut rng);
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.power.energy = match i % 10 {
+            0 => Some(EnergyLevel::LowPowered),
+            _ => Some(EnergyLevel::WellPowered),
+        };
+    }
+    let owner = Owner {
+        kind: "ReplicaSet".into(),
+        namespace: "bench".into(),
+        name: "web".into(),
+    };
+    let pods: Vec<BoundPod> = (0..50_000)
+        .map(|i| {
+            let mut request = typical_pod();
+            request.uid = format!("uid-{i}");
+            request.name = format!("pod-{i}");
+            let cpu = rng.random_range(100..=1000);
+            request.requests.cpu_millicores = cpu;
+            request.pricing_cpu_millicores = cpu;
+            BoundPod {
+                request,
+                node: nodes[i % nodes.len()].name.clone(),
+                owner: Some(owner.clone()),
+                age: Duration::from_secs(3600),
+                mirror: false,
+                local_storage: false,
+                opted_out: false,
+            }
+        })
+        .collect();
+    let score = ScoreConfig::default();
+    let defaults = OffloadConfig {
+        excluded_namespaces: Default::default(),
+        ..OffloadConfig::default()
+    };
+    let unlimited = OffloadConfig {
+        max_per_pass: usize::MAX,
+        max_per_node: usize::MAX,
+        max_per_namespace: usize::MAX,
+        ..defaults.clone()
+    };
+    let none = BTreeSet::new();
+    for (name, config) in [("default_limits", &defaults), ("unlimited", &unlimited)] {
+        let plan = plan(&nodes, &pods, &score, config, &none);
+        assert_eq!(plan.on_weak_nodes, 5_000);
+        assert!(!plan.moves.is_empty());
+        eprintln!(
+            "offload {name}: {} moves, skipped {:?}",
+            plan.moves.len(),
+            plan.skipped
+        );
+    }
+    let mut group = c.benchmark_group("offload");
+    group.sample_size(10);
+    group.bench_function("pass_default_limits/5000x50000", |b| {
+        b.iter(|| {
+            plan(
+                black_box(&nodes),
+                black_box(&pods),
+                &score,
+                &defaults,
+                &none,
+            )
+        })
+    });
+    group.bench_function("pass_unlimited/5000x50000", |b| {
+        b.iter(|| {
+            plan(
+                black_box(&nodes),
+                black_box(&pods),
+                &score,
+                &unlimited,
+                &none,
+            )
+        })
+    });
+    let snapshot = Snapshot::new(&nodes);
+    let filters = Filters::standard(EnergyLevel::LowPowered);
+    let pod = typical_pod();
+    group.bench_function("baseline_one_schedule/5000", |b| {
+        b.iter(|| schedule(black_box(&pod), black_box(&snapshot), &filters, &score))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Modest samples: the whole run stays around two minutes on two cores.
@@ -392,6 +485,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = policy, upkeep
+    targets = policy, upkeep, offload
 }
 criterion_main!(benches);

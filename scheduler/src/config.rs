@@ -29,6 +29,7 @@ pub struct SchedulerConfig {
     pub binding: BindingConfig,
     pub leader_election: LeaderElectionConfig,
     pub events: EventsConfig,
+    pub energy_labels: EnergyLabelsConfig,
     pub api: ApiConfig,
     pub health: HealthConfig,
 }
@@ -49,6 +50,7 @@ impl Default for SchedulerConfig {
             binding: BindingConfig::default(),
             leader_election: LeaderElectionConfig::default(),
             events: EventsConfig::default(),
+            energy_labels: EnergyLabelsConfig::default(),
             api: ApiConfig::default(),
             health: HealthConfig::default(),
         }
@@ -247,6 +249,27 @@ impl Default for EventsConfig {
     }
 }
 
+/// Publishing each node's reported energy level on its Node object (the leader only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnergyLabelsConfig {
+    /// Label nodes with `policy.energy_label` and annotate the percentage.
+    pub publish: bool,
+    /// Node patches per second at most (bursts up to `burst`); the rest wait for a later round.
+    pub patches_per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for EnergyLabelsConfig {
+    fn default() -> Self {
+        Self {
+            publish: true,
+            patches_per_second: 10.0,
+            burst: 100,
+        }
+    }
+}
+
 /// Bounds on every call to the Kubernetes API, so that a hung API server (or a connection that
 /// silently died) can neither keep a replica leading nor hold bind slots forever.
 #[derive(Debug, Clone, Deserialize)]
@@ -436,6 +459,22 @@ impl SchedulerConfig {
                 "events.per_second and events.burst must be > 0",
             ));
         }
+        let n = &self.energy_labels;
+        if !n.patches_per_second.is_finite()
+            || n.patches_per_second <= 0.0
+            || n.patches_per_second > 1000.0
+        {
+            return Err(invalid(
+                "energy_labels.patches_per_second",
+                "must be > 0 and at most 1000",
+            ));
+        }
+        if n.burst == 0 || n.burst > 10_000 {
+            return Err(invalid(
+                "energy_labels.burst",
+                "must be between 1 and 10000",
+            ));
+        }
         Ok(())
     }
 }
@@ -510,6 +549,44 @@ mod tests {
         let c = SchedulerConfig::from_yaml("api: {timeout: 2s, watch_timeout: 10s}\n").unwrap();
         c.validate().unwrap();
         assert_eq!(c.api.watch_silence(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn energy_label_limits_are_checked_and_named() {
+        let c = SchedulerConfig::from_yaml("").unwrap();
+        assert!(c.energy_labels.publish);
+        assert_eq!(c.energy_labels.patches_per_second, 10.0);
+        assert_eq!(c.energy_labels.burst, 100);
+        for (yaml, key) in [
+            (
+                "energy_labels: {patches_per_second: 0}",
+                "energy_labels.patches_per_second",
+            ),
+            (
+                "energy_labels: {patches_per_second: .nan}",
+                "energy_labels.patches_per_second",
+            ),
+            (
+                "energy_labels: {patches_per_second: 5000}",
+                "energy_labels.patches_per_second",
+            ),
+            ("energy_labels: {burst: 0}", "energy_labels.burst"),
+        ] {
+            let err = SchedulerConfig::from_yaml(yaml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        let err = SchedulerConfig::from_yaml("energy_labels: {publsh: true}").unwrap_err();
+        assert!(err.contains("publsh"), "{err}");
+        SchedulerConfig::from_yaml(
+            "energy_labels: {publish: false, patches_per_second: 0.5, burst: 1}",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
     }
 
     #[test]

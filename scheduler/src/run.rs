@@ -1,5 +1,5 @@
 //! Wires the scheduler together: watches → cache + queue; gRPC report ingest → cache; leader
-//! election → decision loop → binds and events; metrics.
+//! election → decision loop → binds and events, and the energy adapter → node labels; metrics.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use wattwise_proto::v1::power_reports_server::PowerReportsServer;
 
 use crate::api::metrics::{self, SchedulerMetrics};
 use crate::api::reports::ReportsService;
+use crate::cluster::adapter::EnergyAdapter;
 use crate::cluster::cache::{CacheSettings, ClusterCache};
 use crate::cluster::claims::Claims;
 use crate::cluster::clients::ApiClients;
@@ -168,6 +169,23 @@ pub async fn run(
         None
     };
 
+    // Publishing the levels on the nodes: the leader's job, from the same cache.
+    let adapter = config.energy_labels.publish.then(|| {
+        let adapter = EnergyAdapter {
+            client: clients.calls.clone(),
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            label_key: config.policy.energy_label.clone(),
+            stale_after: config.reports.stale_after(),
+            settle: config.api.timeout,
+            limits: config.energy_labels.clone(),
+        };
+        tokio::spawn(adapter.run(
+            leader_rx.clone(),
+            synced.clone(),
+            liveness.register("energy labels", max_silence),
+        ))
+    });
     let decisions = Arc::new(DecisionLoop {
         client: clients.calls.clone(),
         cache: cache.clone(),
@@ -242,6 +260,9 @@ pub async fn run(
     let watches = [node_watch_task, pod_watch_task];
     decide.abort();
     gauges.abort();
+    if let Some(adapter) = adapter {
+        adapter.abort();
+    }
     for w in watches.into_iter().chain(claim_watches) {
         w.abort();
     }

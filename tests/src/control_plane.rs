@@ -1,8 +1,10 @@
-//! A real Kubernetes control plane: etcd + kube-apiserver (+ optionally the stock kube-scheduler),
-//! v1.20.2 built from Debian's source package by `scripts/build-kube.sh` and cached.
+//! A real Kubernetes control plane: etcd + kube-apiserver (+ optionally the stock kube-scheduler
+//! and kube-controller-manager), v1.20.2 built from Debian's source package by
+//! `scripts/build-kube.sh` and cached.
 //!
-//! No kubelet or controller-manager runs: nodes are plain Node objects whose status the fixture
-//! patches to Ready, and pods stay Pending after binding (but `spec.nodeName` is set).
+//! No kubelet runs: nodes are plain Node objects whose status the fixture patches to Ready, and
+//! pods stay Pending after binding (but `spec.nodeName` is set). Graceful deletions of bound pods
+//! are finished by the test ([`finish_graceful_deletions`]), as a kubelet would.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use k8s_openapi::api::core::v1::{Namespace, Node, Taint};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
@@ -274,6 +276,42 @@ impl ControlPlane {
         }
     }
 
+    /// Starts kube-controller-manager with only the controllers tests need: Deployments,
+    /// ReplicaSets and the garbage collector. Never the node lifecycle controller: fake nodes have
+    /// no kubelet, it would mark them NotReady, taint them and evict their pods. Listens on no
+    /// port. Stops when the returned value is dropped.
+    pub async fn start_controller_manager(&self) -> Result<ControllerManager> {
+        let mut cmd = Command::new(kube_binary("kube-controller-manager")?);
+        cmd.arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
+            .arg("--controllers=deployment,replicaset,garbagecollector")
+            // No service accounts exist (no token controller): every controller uses this client.
+            .arg("--use-service-account-credentials=false")
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg("--secure-port=0")
+            .arg("--port=0");
+        let mut process = ManagedProcess::spawn("kube-controller-manager", cmd, self.dir.path())?;
+        // Returns once the controllers run; a bad flag or an unreachable API server shows here.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            process.ensure_running()?;
+            let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
+            if ["\"deployment\"", "\"replicaset\"", "\"garbagecollector\""]
+                .iter()
+                .all(|c| log.contains(&format!("Started {c}")))
+            {
+                return Ok(ControllerManager { process });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "kube-controller-manager did not start its controllers within 60 s; log:\n{}",
+                    process.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The stock kube-scheduler's process id while it runs.
     pub fn kube_scheduler_pid(&self) -> Option<u32> {
         self.scheduler.as_ref().map(ManagedProcess::pid)
@@ -392,6 +430,49 @@ impl Drop for ControlPlane {
         self.apiserver.take();
         self.etcd.stop();
     }
+}
+
+/// A running kube-controller-manager ([`ControlPlane::start_controller_manager`]); stopped on
+/// drop.
+pub struct ControllerManager {
+    process: ManagedProcess,
+}
+
+impl ControllerManager {
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+/// Plays the kubelet's part in deleting pods: a pod bound to a node is only marked
+/// `Terminating` by a delete or an eviction (its grace period runs on the kubelet), so without
+/// a kubelet it would stay forever. Deletes every such pod in `namespace` with grace 0; returns
+/// their names.
+pub async fn finish_graceful_deletions(client: &Client, namespace: &str) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut finished = Vec::new();
+    for pod in pods.list(&ListParams::default()).await?.items {
+        if pod.metadata.deletion_timestamp.is_none() {
+            continue;
+        }
+        let name = pod.metadata.name.unwrap_or_default();
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            // The pod we saw, not a namesake created since.
+            preconditions: pod.metadata.uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => finished.push(name),
+            // Gone already, or replaced by a namesake: nothing left to finish.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("finishing the deletion of {name}")),
+        }
+    }
+    Ok(finished)
 }
 
 /// A Node object standing in for a machine (no kubelet).

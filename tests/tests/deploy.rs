@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
@@ -22,6 +22,7 @@ use wattwise_core::EnergyLevel;
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::manifests::{deploy_dir, mounted_volume};
 use wattwise_testenv::process::{free_tcp_port, require_program, wait_until, ManagedProcess};
+use wattwise_testenv::reports::{NodePowerSpec, ReportStream};
 use wattwise_testenv::served::{check_config, workspace_binary};
 
 const NS: &str = "wattwise";
@@ -472,6 +473,9 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
         &["get", "nodes"][..],
         &["list", "nodes"],
         &["watch", "nodes"],
+        // The energy adapter's label and annotations.
+        &["patch", "nodes"],
+        &["patch", "nodes/edge-1"],
         &["get", "pods", "-n", DEMO_NS],
         &["list", "pods", "--all-namespaces"],
         &["watch", "pods", "--all-namespaces"],
@@ -510,7 +514,9 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
         &["list", "secrets", "--all-namespaces"],
         &["get", "configmaps", "-n", NS],
         &["update", "nodes"],
-        &["patch", "nodes"],
+        &["create", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
+        &["update", "nodes", "--subresource=status"],
         &["get", "persistentvolumeclaims", "-n", DEMO_NS],
         &["create", "persistentvolumeclaims", "-n", DEMO_NS],
         &["update", "persistentvolumeclaims", "-n", DEMO_NS],
@@ -565,7 +571,7 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
     assert_eq!(
         rules,
         BTreeMap::from([
-            ("nodes", vec!["[] [get list watch]"]),
+            ("nodes", vec!["[] [get list watch patch]"]),
             ("pods", vec!["[] [get list watch]"]),
             ("pods/binding", vec!["[] [create]"]),
             ("persistentvolumeclaims", vec!["[] [list watch]"]),
@@ -784,11 +790,12 @@ async fn the_scheduler_runs_with_exactly_the_manifests_rbac_and_config() -> Resu
 
     // As the Deployment runs it (args and downward-API env), on loopback ports.
     let metrics = format!("127.0.0.1:{}", free_tcp_port()?);
+    let grpc: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
     let mut cmd = Command::new(workspace_binary("wattwise-scheduler")?);
     cmd.arg(format!("--config={}", config.display()))
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .arg(format!("--grpc-listen=127.0.0.1:{}", free_tcp_port()?))
+        .arg(format!("--grpc-listen={grpc}"))
         .arg(format!("--metrics-listen={metrics}"))
         .env("POD_NAME", "wattwise-scheduler-test-0")
         .env("POD_NAMESPACE", NS)
@@ -834,6 +841,25 @@ async fn the_scheduler_runs_with_exactly_the_manifests_rbac_and_config() -> Resu
     let http = reqwest::Client::new();
     let ready = http.get(format!("http://{metrics}/readyz")).send().await?;
     assert!(ready.status().is_success(), "/readyz: {}", ready.status());
+
+    // The energy adapter labels a node under the same RBAC.
+    let mut stream = ReportStream::connect(grpc).await?;
+    let report = NodePowerSpec::new(8000, 100.0, 300.0, 1.0)
+        .energy(wattwise_proto::v1::EnergyLevel::Vulnerable, 50.0)
+        .report("node-a", "deploy-test", 1);
+    assert!(stream.send(report).await?.accepted);
+    let nodes: Api<Node> = Api::all(plane.client().await?);
+    wait_until("node-a labelled", Duration::from_secs(20), || async {
+        let labels = nodes
+            .get("node-a")
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        Ok(labels.get("energy-status").map(String::as_str) == Some("vulnerable"))
+    })
+    .await
+    .with_context(|| scheduler.log_tail(30))?;
     let log = scheduler.log_tail(2000).to_lowercase();
     assert!(
         !log.contains("forbidden"),

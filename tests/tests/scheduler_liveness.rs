@@ -202,8 +202,11 @@ async fn wait_status(
 async fn healthz_names_a_blocked_decision_loop_and_readyz_a_lost_watch() -> Result<()> {
     use wattwise_proto::v1 as pb;
     use wattwise_testenv::reports::{NodePowerSpec, ReportStream};
+    // The agent reports only twice: its Powerless level must stay fresh meanwhile (a stale level
+    // is no level, the node would count as grid-powered and the energy adapter's removal of its
+    // label would wake the pods).
     let config = "\
-reports: {interval: 1s}
+reports: {interval: 1s, stale_after: 60s}
 binding: {concurrency: 1, backoff_initial: 200ms, backoff_max: 2s, unschedulable_retry: 60s}
 leader_election: {enabled: false}
 api: {timeout: 60s, watch_timeout: 2s}

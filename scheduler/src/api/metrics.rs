@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use wattwise_core::EnergyLevel;
 use wattwise_daemon::health::Liveness;
 
 use crate::queue::QueueDepth;
@@ -29,6 +30,11 @@ struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabel {
     queue: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabel {
+    level: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +65,8 @@ pub struct SchedulerMetrics {
     bound_predicted_watts: CounterF,
     leader: Gauge,
     events_dropped: Counter,
+    label_patches: Family<ResultLabel, Counter>,
+    labelled_nodes: Family<LevelLabel, Gauge>,
     synced: AtomicBool,
 }
 
@@ -81,6 +89,8 @@ impl SchedulerMetrics {
             bound_predicted_watts: CounterF::default(),
             leader: Gauge::default(),
             events_dropped: Counter::default(),
+            label_patches: Family::default(),
+            labelled_nodes: Family::default(),
             synced: AtomicBool::new(false),
         };
         registry.register(
@@ -142,6 +152,16 @@ impl SchedulerMetrics {
             "wattwise_scheduler_events_dropped",
             "Events not written because of the events rate limit or an API error",
             m.events_dropped.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_energy_label_patches",
+            "Node energy label patches by result (published, removed, failed, rate_limited)",
+            m.label_patches.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_energy_labelled_nodes",
+            "Nodes whose energy label wattwise published, by level (as the Node objects say)",
+            m.labelled_nodes.clone(),
         );
         registry.register(
             "wattwise_scheduler_build",
@@ -212,6 +232,23 @@ impl SchedulerMetrics {
 
     pub fn leader(&self, is_leader: bool) {
         self.leader.set(is_leader as i64);
+    }
+
+    pub fn label_patch(&self, result: &'static str) {
+        self.label_patches
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Nodes labelled by wattwise per level, in [`EnergyLevel::ALL`] order.
+    pub fn labelled_nodes(&self, counts: [usize; 4]) {
+        for (level, n) in EnergyLevel::ALL.iter().zip(counts) {
+            self.labelled_nodes
+                .get_or_create(&LevelLabel {
+                    level: level.label(),
+                })
+                .set(n as i64);
+        }
     }
 
     pub fn event_dropped(&self) {

@@ -20,6 +20,7 @@ use wattwise_core::{PowerCurve, ValidatedReport};
 use super::overlay::{Overlay, Reservation, ReservationState};
 use super::power::PowerView;
 pub use super::power::ReportRejection;
+use super::published::{PublishedEnergy, ReportedEnergy};
 pub use super::store::PodUid;
 use super::store::{pod_uid, ApiStore};
 use crate::policy::{HostPort, NodePower, NodeState, PodRequest, Resources, Snapshot};
@@ -328,6 +329,32 @@ impl ClusterCache {
         }
     }
 
+    /// Calls `visit` with each node's published energy metadata and what its agent reports
+    /// now. A node that never reported counts as reporting no level once `expect_reports`
+    /// (its agent had time to report), as not known yet before.
+    pub fn energy_publication(
+        &self,
+        expect_reports: bool,
+        mut visit: impl FnMut(&str, &PublishedEnergy, ReportedEnergy),
+    ) {
+        for i in 0..self.table.snapshot.len() {
+            let name = self.table.snapshot.name(i);
+            let Some(stored) = self.store.node(name) else {
+                continue;
+            };
+            let reported = match self.power.reading(name) {
+                Some(r) if !r.stale => match (r.energy, r.energy_percent) {
+                    (Some(level), Some(percent)) => ReportedEnergy::Level { level, percent },
+                    _ => ReportedEnergy::None,
+                },
+                Some(_) => ReportedEnergy::None,
+                None if expect_reports => ReportedEnergy::None,
+                None => ReportedEnergy::NotYet,
+            };
+            visit(name, &stored.published, reported);
+        }
+    }
+
     /// Nodes whose agent has reported at least once.
     pub fn reporting_nodes(&self) -> usize {
         self.power.reporting()
@@ -586,6 +613,79 @@ mod tests {
             .ingest_report(&report("n1", 5, 0.1, None), now)
             .unwrap_err();
         assert_eq!(err.kind(), "out_of_order");
+    }
+
+    /// Each node's (published, reported) pair as the adapter sees it.
+    fn publication(
+        c: &ClusterCache,
+        expect_reports: bool,
+    ) -> HashMap<String, (PublishedEnergy, ReportedEnergy)> {
+        let mut out = HashMap::new();
+        c.energy_publication(expect_reports, |name, published, reported| {
+            out.insert(name.to_string(), (published.clone(), reported));
+        });
+        out
+    }
+
+    #[test]
+    fn a_label_wattwise_wrote_is_no_fallback_level_and_reports_feed_the_adapter() {
+        use crate::cluster::published::{PERCENT_ANNOTATION, SOURCE_ANNOTATION};
+        let mut c = ClusterCache::new(settings());
+        let mut ours = node("ours", "4", json!({"energy-status": "low-powered"}));
+        ours.metadata.annotations = Some(
+            [(SOURCE_ANNOTATION, "wattwise"), (PERCENT_ANNOTATION, "22")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        c.apply_node(&ours);
+        c.apply_node(&node(
+            "operator",
+            "4",
+            json!({"energy-status": "vulnerable"}),
+        ));
+        c.apply_node(&node("bare", "4", json!({})));
+        let t0 = Instant::now();
+        c.advance(t0);
+        // Without reports, only the operator's label is a level.
+        assert_eq!(power(&c, "ours").energy, None);
+        assert_eq!(power(&c, "operator").energy, Some(EnergyLevel::Vulnerable));
+
+        let p = publication(&c, false);
+        assert_eq!(p["ours"].1, ReportedEnergy::NotYet);
+        assert!(p["ours"].0.managed);
+        assert_eq!(p["operator"].0.operator_label(), Some("vulnerable"));
+        let p = publication(&c, true);
+        assert_eq!(p["ours"].1, ReportedEnergy::None, "agents had their time");
+
+        c.ingest_report(
+            &report("ours", 1, 0.1, Some(pb::EnergyLevel::LowPowered)),
+            t0,
+        )
+        .unwrap();
+        c.ingest_report(&report("bare", 1, 0.1, None), t0).unwrap();
+        let p = publication(&c, false);
+        assert!(
+            matches!(
+                p["ours"].1,
+                ReportedEnergy::Level {
+                    level: EnergyLevel::LowPowered,
+                    ..
+                }
+            ),
+            "{:?}",
+            p["ours"].1
+        );
+        assert_eq!(
+            p["bare"].1,
+            ReportedEnergy::None,
+            "a report without a level"
+        );
+        assert_eq!(power(&c, "ours").energy, Some(EnergyLevel::LowPowered));
+
+        // Stale: the level goes, and the label wattwise wrote does not keep it alive.
+        c.advance(t0 + Duration::from_secs(31));
+        assert_eq!(power(&c, "ours").energy, None);
+        assert_eq!(publication(&c, false)["ours"].1, ReportedEnergy::None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tracing::{debug, warn};
 
+use super::rate::TokenBucket;
 use crate::api::metrics::SchedulerMetrics;
 use crate::config::EventsConfig;
 
@@ -45,29 +46,6 @@ impl EventKind {
         match self {
             Self::Scheduled => "Normal",
             Self::FailedScheduling => "Warning",
-        }
-    }
-}
-
-/// A token bucket: `rate` tokens per second up to `burst`.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn take(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
         }
     }
 }
@@ -110,12 +88,7 @@ impl EventRecorder {
             instance: instance.to_string(),
             repeat_after: config.repeat_after,
             limits: Arc::new(Mutex::new(Limits {
-                bucket: TokenBucket {
-                    rate: config.per_second,
-                    burst: config.burst as f64,
-                    tokens: config.burst as f64,
-                    at: Instant::now(),
-                },
+                bucket: TokenBucket::full(config.per_second, config.burst, Instant::now()),
                 recent: HashMap::new(),
             })),
             core_only: Arc::new(AtomicBool::new(false)),

@@ -53,6 +53,8 @@ pub struct Reading {
     pub utilisation: f64,
     pub capacity_millicores: u64,
     pub energy: Option<EnergyLevel>,
+    /// The stored-energy percentage the level was read from (with `energy`).
+    pub energy_percent: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +132,7 @@ impl PowerView {
             utilisation: report.utilisation(),
             capacity_millicores: report.capacity_millicores(),
             energy: report.energy_level(),
+            energy_percent: report.report().energy.as_ref().map(|e| e.percent),
         };
         self.readings.insert(name.to_string(), reading);
         Ok(&self.readings[name])

@@ -12,6 +12,7 @@ use tracing::warn;
 use wattwise_core::EnergyLevel;
 
 use super::convert::{self, NodeBasics};
+use super::published::PublishedEnergy;
 use crate::policy::{HostPort, PodRequest, Resources};
 
 /// A pod's identity (`metadata.uid`).
@@ -21,8 +22,11 @@ pub type PodUid = String;
 #[derive(Debug, Clone)]
 pub struct StoredNode {
     pub basics: NodeBasics,
-    /// From the configured energy label; `None` without one (or with one that is not a level).
+    /// From the configured energy label when it is the operator's; `None` without one, with one
+    /// that is not a level, or with one wattwise wrote (see [`super::published`]).
     pub label_energy: Option<EnergyLevel>,
+    /// The energy label and wattwise's annotations as the Node object carries them.
+    pub published: PublishedEnergy,
 }
 
 #[derive(Debug, Clone)]
@@ -104,7 +108,17 @@ impl ApiStore {
         if let Some(seen) = self.relist_nodes.as_mut() {
             seen.insert(basics.name.clone());
         }
+        let published = PublishedEnergy::from_metadata(
+            &basics.labels,
+            node.metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&Default::default()),
+            energy_label,
+        );
         let label_energy = match convert::energy_label(&basics.labels, energy_label) {
+            // A label wattwise wrote mirrors reports; only the reports count.
+            _ if published.managed => None,
             Some(Ok(level)) => Some(level),
             Some(Err(e)) => {
                 warn!(node = %basics.name, error = %e, "ignoring energy label");
@@ -118,6 +132,7 @@ impl ApiStore {
             StoredNode {
                 basics,
                 label_energy,
+                published,
             },
         );
         Some(name)

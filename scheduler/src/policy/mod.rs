@@ -5,6 +5,7 @@
 //! [`ScoreConfig`]; when none is feasible it explains why in kube-scheduler's words.
 pub mod constraints;
 pub mod filter;
+pub mod offload;
 pub mod score;
 pub mod snapshot;
 pub mod types;
