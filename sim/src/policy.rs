@@ -1,8 +1,9 @@
 //! Placement policies behind one trait, run by the same engine and measured by the same
 //! accounting: wattwise (the scheduler's own `policy::schedule`), kube-scheduler's default
 //! scoring, MostAllocated bin-packing, random, and the two systems wattwise grows from as they
-//! were. All but the serverless seed's own filter share kube's feasibility (the scheduler's
-//! filter chain without an energy floor).
+//! were. Feasibility is the scheduler's own filter chain for all of them: wattwise's with its
+//! energy floor, the baselines' without one (kube's), the serverless seed's plus its powerless
+//! filter on its own levels.
 
 use rand::rngs::StdRng;
 use rand::Rng;
