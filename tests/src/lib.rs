@@ -10,7 +10,8 @@
 //! - [`proxy`]: a TCP proxy that can hold what a client sends to a real server.
 //! - [`reports`]: real gRPC clients streaming node reports to the scheduler.
 //! - [`scheduler`]: the real `wattwise-scheduler` binary against a control plane.
-//! - [`specpower`]: the SPECpower results in data/specpower/ and models/held_out.csv.
+//! - [`specpower`]: the SPECpower results in data/specpower/ and models/held_out.csv (owned by
+//!   the simulator crate, whose nodes draw the same watts).
 //! - [`drive`]: a fake node's utilisation file and BMC power, as the demo drives them.
 //! - [`proxy`]: a TCP proxy a test can freeze (a hung peer: connections open, no bytes).
 //! - [`served`]: a wattwise binary with generated config on free ports (agent and scheduler).
@@ -37,4 +38,4 @@ pub mod receiver;
 pub mod reports;
 pub mod scheduler;
 pub mod served;
-pub mod specpower;
+pub use wattwise_sim::specpower;

@@ -116,6 +116,12 @@ pub fn schedule(
     })
 }
 
+/// The nodes `pod` passes every filter on, ascending: the same feasibility as [`schedule`], for
+/// placement rules that rank nodes another way (the simulator's baselines).
+pub fn feasible(pod: &PodRequest, nodes: &Snapshot, filters: &Filters) -> Vec<usize> {
+    filters.scan(pod, nodes, false).feasible().iter().collect()
+}
+
 /// Runs the chain again, counting, so the common case (some node fits) counts nothing and
 /// builds no strings; strings are made once per distinct reason.
 fn explain(pod: &PodRequest, nodes: &Snapshot, filters: &Filters) -> Unschedulable {

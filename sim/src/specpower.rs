@@ -1,8 +1,9 @@
 //! SPECpower_ssj2008 results shipped in `data/specpower/` (see data/README.md for attribution):
 //! measured whole-server watts at idle and 10 %…100 % load; and `models/held_out.csv`, the results
-//! the shipped power models were not trained on.
+//! the shipped power models were not trained on. The simulator's nodes and the local demo's fake
+//! BMCs draw these watts.
 
-use anyhow::{bail, Context, Result};
+use thiserror::Error;
 
 const CURATED: &str = include_str!("../../data/specpower/specpower_curated.csv");
 /// Written by models/train.py.
@@ -14,10 +15,26 @@ const LEVEL_COLUMNS: [&str; 11] = [
     "w_at_80", "w_at_90", "w_at_100",
 ];
 
-/// Temperature sensitivity used wherever the demo turns inlet temperature into watts: about
-/// +0.4 % power per °C above 23 °C (sanity_numbers.csv: +0.35–0.5 %/°C between 23 and 30 °C).
+/// Temperature sensitivity used wherever inlet temperature is turned into true watts (the demo's
+/// BMCs, the simulator's nodes): about +0.4 % power per °C above 23 °C (sanity_numbers.csv:
+/// +0.35–0.5 %/°C between 23 and 30 °C).
 const WATTS_PER_CELSIUS_FRACTION: f64 = 0.004;
 const REFERENCE_INLET_CELSIUS: f64 = 23.0;
+
+/// A shipped table that does not read as expected.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SpecError {
+    #[error("{file} line {line}: {problem}")]
+    Row {
+        file: &'static str,
+        line: usize,
+        problem: String,
+    },
+    #[error("{file}: {problem}")]
+    Table { file: &'static str, problem: String },
+    #[error("no SPECpower result {id} in {file}")]
+    UnknownResult { id: String, file: &'static str },
+}
 
 /// One published result.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +42,10 @@ pub struct SpecServer {
     pub name: String,
     pub year: u32,
     pub sockets: u32,
+    pub cores: u32,
     pub threads: u32,
+    /// Installed memory, GB.
+    pub memory_gb: f64,
     pub result_id: String,
     pub url: String,
     /// Watts at 0 %, 10 %, …, 100 % load.
@@ -39,6 +59,11 @@ fn interpolate(watts: &[f64; 11], u: f64) -> f64 {
     watts[i] + (watts[i + 1] - watts[i]) * (x - i as f64)
 }
 
+/// How much more a server draws at `inlet_celsius` than at the reference inlet (a factor).
+pub fn inlet_factor(inlet_celsius: f64) -> f64 {
+    1.0 + WATTS_PER_CELSIUS_FRACTION * (inlet_celsius - REFERENCE_INLET_CELSIUS)
+}
+
 impl SpecServer {
     /// Watts at utilisation `u` (0..1), linear between the published load levels.
     pub fn watts_at(&self, u: f64) -> f64 {
@@ -47,8 +72,7 @@ impl SpecServer {
 
     /// Watts at `u` and an inlet temperature.
     pub fn watts_at_inlet(&self, u: f64, inlet_celsius: f64) -> f64 {
-        self.watts_at(u)
-            * (1.0 + WATTS_PER_CELSIUS_FRACTION * (inlet_celsius - REFERENCE_INLET_CELSIUS))
+        self.watts_at(u) * inlet_factor(inlet_celsius)
     }
 }
 
@@ -73,72 +97,88 @@ fn fields(line: &str) -> Vec<String> {
     out
 }
 
-/// A CSV file's rows as (header index by name, rows), each row checked for its field count.
-fn table(text: &str, file: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-    let mut lines = text.lines();
-    let header = fields(lines.next().with_context(|| format!("{file} is empty"))?);
-    let mut rows = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let row = fields(line);
-        if row.len() != header.len() {
-            bail!(
-                "{file} line {}: {} fields, expected {}",
-                n + 2,
-                row.len(),
-                header.len()
-            );
+/// A shipped CSV table: its header and rows, each row checked for its field count.
+struct Table {
+    file: &'static str,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn parse(text: &str, file: &'static str) -> Result<Self, SpecError> {
+        let mut lines = text.lines();
+        let header = fields(lines.next().ok_or(SpecError::Table {
+            file,
+            problem: "is empty".into(),
+        })?);
+        let mut rows = Vec::new();
+        for (n, line) in lines.enumerate() {
+            let row = fields(line);
+            if row.len() != header.len() {
+                return Err(SpecError::Row {
+                    file,
+                    line: n + 2,
+                    problem: format!("{} fields, expected {}", row.len(), header.len()),
+                });
+            }
+            rows.push(row);
         }
-        rows.push(row);
+        Ok(Self { file, header, rows })
     }
-    Ok((header, rows))
-}
 
-/// Index of column `name`.
-fn column(header: &[String], file: &str, name: &str) -> Result<usize> {
-    header
-        .iter()
-        .position(|h| h == name)
-        .with_context(|| format!("{file} has no column {name:?}"))
-}
-
-/// The 11 level watts of `row`.
-fn level_watts(header: &[String], row: &[String], file: &str, line: usize) -> Result<[f64; 11]> {
-    let mut watts = [0.0; 11];
-    for (w, name) in watts.iter_mut().zip(LEVEL_COLUMNS) {
-        let text = &row[column(header, file, name)?];
-        *w = text
-            .parse()
-            .with_context(|| format!("{file} line {line}: {text:?} is not watts"))?;
+    /// Index of column `name`.
+    fn column(&self, name: &str) -> Result<usize, SpecError> {
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| SpecError::Table {
+                file: self.file,
+                problem: format!("has no column {name:?}"),
+            })
     }
-    Ok(watts)
+
+    /// Row `index`'s value in column `name`, parsed.
+    fn value<T: std::str::FromStr>(&self, index: usize, name: &str) -> Result<T, SpecError> {
+        let text = &self.rows[index][self.column(name)?];
+        text.parse().map_err(|_| SpecError::Row {
+            file: self.file,
+            line: index + 2,
+            problem: format!("{name} {text:?} is not a number"),
+        })
+    }
+
+    fn text(&self, index: usize, name: &str) -> Result<String, SpecError> {
+        Ok(self.rows[index][self.column(name)?].clone())
+    }
+
+    /// The 11 level watts of row `index`.
+    fn level_watts(&self, index: usize) -> Result<[f64; 11], SpecError> {
+        let mut watts = [0.0; 11];
+        for (w, name) in watts.iter_mut().zip(LEVEL_COLUMNS) {
+            *w = self.value(index, name)?;
+        }
+        Ok(watts)
+    }
 }
 
 /// The 68 curated single-node results.
-pub fn curated() -> Result<Vec<SpecServer>> {
-    let file = "specpower_curated.csv";
-    let (header, rows) = table(CURATED, file)?;
-    let col = |name: &str| column(&header, file, name);
-    let (name, year, sockets, threads, result_id, url) = (
-        col("name")?,
-        col("year")?,
-        col("sockets")?,
-        col("threads")?,
-        col("result_id")?,
-        col("url")?,
-    );
-    let mut servers = Vec::new();
-    for (n, row) in rows.iter().enumerate() {
-        servers.push(SpecServer {
-            name: row[name].clone(),
-            year: row[year].parse()?,
-            sockets: row[sockets].parse()?,
-            threads: row[threads].parse()?,
-            result_id: row[result_id].clone(),
-            url: row[url].clone(),
-            watts: level_watts(&header, row, file, n + 2)?,
-        });
-    }
-    Ok(servers)
+pub fn curated() -> Result<Vec<SpecServer>, SpecError> {
+    let table = Table::parse(CURATED, "data/specpower/specpower_curated.csv")?;
+    (0..table.rows.len())
+        .map(|i| {
+            Ok(SpecServer {
+                name: table.text(i, "name")?,
+                year: table.value(i, "year")?,
+                sockets: table.value(i, "sockets")?,
+                cores: table.value(i, "cores")?,
+                threads: table.value(i, "threads")?,
+                memory_gb: table.value(i, "mem_gb")?,
+                result_id: table.text(i, "result_id")?,
+                url: table.text(i, "url")?,
+                watts: table.level_watts(i)?,
+            })
+        })
+        .collect()
 }
 
 /// A result the shipped power models were not trained on (models/held_out.csv).
@@ -159,31 +199,34 @@ impl HeldOutServer {
 }
 
 /// The held-out result with this `result_id`.
-pub fn held_out(id: &str) -> Result<HeldOutServer> {
+pub fn held_out(id: &str) -> Result<HeldOutServer, SpecError> {
     let file = "models/held_out.csv";
-    let (header, rows) = table(HELD_OUT, file)?;
-    let col = |name: &str| column(&header, file, name);
-    let (result_id, url, name) = (col("result_id")?, col("url")?, col("name")?);
-    let (n, row) = rows
+    let table = Table::parse(HELD_OUT, file)?;
+    let column = table.column("result_id")?;
+    let i = table
+        .rows
         .iter()
-        .enumerate()
-        .find(|(_, row)| row[result_id] == id)
-        .with_context(|| format!("no SPECpower result {id} in {file}"))?;
+        .position(|row| row[column] == id)
+        .ok_or_else(|| SpecError::UnknownResult {
+            id: id.into(),
+            file,
+        })?;
     Ok(HeldOutServer {
-        result_id: row[result_id].clone(),
-        url: row[url].clone(),
-        name: row[name].clone(),
-        watts: level_watts(&header, row, file, n + 2)?,
+        result_id: table.text(i, "result_id")?,
+        url: table.text(i, "url")?,
+        name: table.text(i, "name")?,
+        watts: table.level_watts(i)?,
     })
 }
 
 /// The curated result with this `result_id`.
-pub fn by_result_id(id: &str) -> Result<SpecServer> {
+pub fn by_result_id(id: &str) -> Result<SpecServer, SpecError> {
     curated()?
         .into_iter()
         .find(|s| s.result_id == id)
-        .with_context(|| {
-            format!("no SPECpower result {id} in data/specpower/specpower_curated.csv")
+        .ok_or_else(|| SpecError::UnknownResult {
+            id: id.into(),
+            file: "data/specpower/specpower_curated.csv",
         })
 }
 
@@ -198,6 +241,7 @@ mod tests {
         for s in &servers {
             assert!(s.watts[0] > 0.0 && s.watts[10] > s.watts[0], "{}", s.name);
             assert!(s.url.starts_with("https://www.spec.org/"), "{}", s.url);
+            assert!(s.threads >= s.cores && s.memory_gb > 0.0, "{}", s.name);
         }
         let quoted = servers
             .iter()
@@ -213,6 +257,7 @@ mod tests {
         assert_eq!(s.watts_at(1.0), 71.7);
         let mid = s.watts_at(0.55);
         assert!(mid > s.watts[5] && mid < s.watts[6]);
+        assert!((s.watts_at_inlet(1.0, 33.0) - 71.7 * 1.04).abs() < 1e-9);
         // The demo's five servers (tests/src/bin/demo.rs).
         for id in [
             "power_ssj2008-20181125-00869",

@@ -1,0 +1,156 @@
+//! Figures per policy over seeds (mean ± sample standard deviation), as a text table or JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::policy::PolicyName;
+use crate::Run;
+
+/// Mean and sample standard deviation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub stdev: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Self {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n.max(1.0);
+        let stdev = if values.len() > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Self { mean, stdev }
+    }
+}
+
+/// One policy's figures over the seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub policy: PolicyName,
+    pub seeds: usize,
+    pub energy_kwh: Stat,
+    pub bound_always_on_kwh: Stat,
+    pub bound_autoscaled_kwh: Stat,
+    /// Share of the gap between kube-default's energy and the scenario's bound (always-on or
+    /// autoscaled, as its power management) that this policy closes, percent, per seed.
+    pub gap_captured_percent: Option<Stat>,
+    /// Energy saved against kube-default in the same seeds (percent; absent without it).
+    pub saving_vs_kube_percent: Option<Stat>,
+    pub mean_watts: Stat,
+    pub peak_watts: Stat,
+    pub pods: Stat,
+    pub pods_never_placed: Stat,
+    pub mean_pending_seconds: Stat,
+    pub p99_pending_seconds: Stat,
+    pub node_hours_on: Stat,
+    pub node_hours_off: Stat,
+    pub evictions: Stat,
+    pub boots: Stat,
+    pub decisions: Stat,
+    pub decisions_per_second: Stat,
+}
+
+/// `autoscaled`: the scenario lets nodes power off, so its bound is the whole-server one.
+pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
+    let mut by_policy: BTreeMap<PolicyName, Vec<&Run>> = BTreeMap::new();
+    for run in runs {
+        by_policy.entry(run.policy).or_default().push(run);
+    }
+    let kube: BTreeMap<u64, f64> = runs
+        .iter()
+        .filter(|r| r.policy == PolicyName::KubeDefault)
+        .map(|r| (r.seed, r.outcome.energy_kwh))
+        .collect();
+    by_policy
+        .into_iter()
+        .map(|(policy, runs)| {
+            let stat =
+                |f: &dyn Fn(&Run) -> f64| Stat::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+            let savings: Option<Vec<f64>> = runs
+                .iter()
+                .map(|r| {
+                    kube.get(&r.seed)
+                        .map(|k| 100.0 * (k - r.outcome.energy_kwh) / k)
+                })
+                .collect();
+            let bound = |r: &Run| {
+                if autoscaled {
+                    r.outcome.bound_autoscaled_kwh
+                } else {
+                    r.outcome.bound_always_on_kwh
+                }
+            };
+            let captured: Option<Vec<f64>> = runs
+                .iter()
+                .map(|r| {
+                    kube.get(&r.seed)
+                        .map(|k| 100.0 * (k - r.outcome.energy_kwh) / (k - bound(r)))
+                })
+                .collect();
+            Summary {
+                policy,
+                seeds: runs.len(),
+                energy_kwh: stat(&|r| r.outcome.energy_kwh),
+                bound_always_on_kwh: stat(&|r| r.outcome.bound_always_on_kwh),
+                bound_autoscaled_kwh: stat(&|r| r.outcome.bound_autoscaled_kwh),
+                gap_captured_percent: captured.map(|c| Stat::of(&c)),
+                saving_vs_kube_percent: savings.map(|s| Stat::of(&s)),
+                mean_watts: stat(&|r| r.outcome.mean_watts),
+                peak_watts: stat(&|r| r.outcome.peak_watts),
+                pods: stat(&|r| r.outcome.pods as f64),
+                pods_never_placed: stat(&|r| r.outcome.pods_never_placed as f64),
+                mean_pending_seconds: stat(&|r| r.outcome.mean_pending_seconds),
+                p99_pending_seconds: stat(&|r| r.outcome.p99_pending_seconds),
+                node_hours_on: stat(&|r| r.outcome.node_hours_on),
+                node_hours_off: stat(&|r| r.outcome.node_hours_off),
+                evictions: stat(&|r| r.outcome.evictions as f64),
+                boots: stat(&|r| r.outcome.boots as f64),
+                decisions: stat(&|r| r.outcome.decisions as f64),
+                decisions_per_second: stat(&|r| r.timing.decisions_per_second),
+            }
+        })
+        .collect()
+}
+
+/// A Markdown table of the summaries.
+pub fn table(summaries: &[Summary]) -> String {
+    let f = |s: Stat, digits: usize| {
+        if s.stdev == 0.0 {
+            format!("{:.*}", digits, s.mean)
+        } else {
+            format!("{:.*} ± {:.*}", digits, s.mean, digits, s.stdev)
+        }
+    };
+    let mut out = String::from(
+        "| policy | IT energy kWh | bound always-on kWh | bound autoscaled kWh | kube→bound gap captured % | saving vs kube % | mean W | peak W | never placed | pending mean s | pending p99 s | node-h on | node-h off | evictions | boots | decisions/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for s in summaries {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.policy.label(),
+            f(s.energy_kwh, 2),
+            f(s.bound_always_on_kwh, 2),
+            f(s.bound_autoscaled_kwh, 2),
+            s.gap_captured_percent.map_or("–".into(), |v| f(v, 1)),
+            s.saving_vs_kube_percent.map_or("–".into(), |v| f(v, 1)),
+            f(s.mean_watts, 0),
+            f(s.peak_watts, 0),
+            f(s.pods_never_placed, 0),
+            f(s.mean_pending_seconds, 1),
+            f(s.p99_pending_seconds, 1),
+            f(s.node_hours_on, 0),
+            f(s.node_hours_off, 0),
+            f(s.evictions, 0),
+            f(s.boots, 0),
+            f(s.decisions_per_second, 0),
+        );
+    }
+    out
+}

@@ -1,0 +1,300 @@
+//! The scheduler's view of the simulated cluster: the one module that speaks the scheduler's
+//! types (`wattwise_scheduler::policy`). It keeps a [`Snapshot`] up to date the way the
+//! scheduler's cluster cache does (`scheduler/src/cluster/cache.rs`, `power_of`): a node with a
+//! fresh report is priced on the report's curve from its measured utilisation plus the CPU of pods
+//! placed less than the start window before the report was observed; a node without one on the
+//! default linear curve from its requested CPU. Decisions are `policy::schedule` itself.
+
+use std::collections::BTreeMap;
+
+use wattwise_core::{EnergyLevel, PowerCurve};
+use wattwise_scheduler::policy::{
+    self, Decision, Filters, NodePower, NodeState, PodConstraints, PodRequest, Resources,
+    ScoreConfig, Snapshot, Unschedulable,
+};
+
+use crate::agent::Report;
+
+/// The scheduler's defaults (README, "Scheduler configuration").
+const DEFAULT_IDLE_WATTS: f64 = 100.0;
+const DEFAULT_PEAK_WATTS: f64 = 300.0;
+const DEFAULT_CPU_MILLICORES: u64 = 100;
+/// kube's default `pods` allocatable.
+const MAX_PODS: u64 = 110;
+
+/// A pod's requests, as the simulation knows them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Requests {
+    pub cpu_millicores: u64,
+    pub memory_mib: u64,
+}
+
+/// The pod as the scheduler sees it.
+pub fn pod_request(uid: &str, requests: Requests) -> PodRequest {
+    PodRequest {
+        namespace: "sim".into(),
+        name: uid.into(),
+        uid: uid.into(),
+        priority: 0,
+        requests: Resources {
+            cpu_millicores: requests.cpu_millicores,
+            memory_bytes: requests.memory_mib << 20,
+            pods: 1,
+            ..Resources::default()
+        },
+        pricing_cpu_millicores: if requests.cpu_millicores == 0 {
+            DEFAULT_CPU_MILLICORES
+        } else {
+            requests.cpu_millicores
+        },
+        node_selector: BTreeMap::new(),
+        required_node_affinity: Vec::new(),
+        tolerations: Vec::new(),
+        host_ports: Vec::new(),
+        constraints: PodConstraints::default(),
+    }
+}
+
+/// The scheduler-side state of one node.
+struct Row {
+    state: NodeState,
+    /// The latest report and when it was observed.
+    report: Option<(f64, Report)>,
+    /// Pods placed here (placed at, CPU), newest last, until a report observed a start window
+    /// after them.
+    recent: Vec<(f64, u64, usize)>,
+}
+
+pub struct SchedulerView {
+    snapshot: Snapshot,
+    rows: Vec<Row>,
+    default_curve: PowerCurve,
+    stale_after: f64,
+    start_window: f64,
+    filters: Filters,
+    /// kube's filters: the same chain without an energy floor.
+    plain_filters: Filters,
+    score: ScoreConfig,
+}
+
+impl SchedulerView {
+    /// Nodes named `names` with (CPU millicores, memory MiB), all not ready until powered on.
+    pub fn new(nodes: &[(String, Requests)], stale_after: f64, start_window: f64) -> Self {
+        let default_curve = PowerCurve::linear(DEFAULT_IDLE_WATTS, DEFAULT_PEAK_WATTS)
+            .expect("the default curve is valid");
+        let rows: Vec<Row> = nodes
+            .iter()
+            .map(|(name, capacity)| Row {
+                state: NodeState {
+                    name: name.clone(),
+                    labels: BTreeMap::new(),
+                    unschedulable: false,
+                    ready: false,
+                    taints: Vec::new(),
+                    allocatable: Resources {
+                        cpu_millicores: capacity.cpu_millicores,
+                        memory_bytes: capacity.memory_mib << 20,
+                        pods: MAX_PODS,
+                        ..Resources::default()
+                    },
+                    requested: Resources::default(),
+                    used_host_ports: Vec::new(),
+                    power: NodePower {
+                        curve: default_curve.clone(),
+                        utilisation: 0.0,
+                        capacity_millicores: capacity.cpu_millicores,
+                        fresh: false,
+                        energy: None,
+                    },
+                },
+                report: None,
+                recent: Vec::new(),
+            })
+            .collect();
+        let states: Vec<NodeState> = rows.iter().map(|r| r.state.clone()).collect();
+        Self {
+            snapshot: Snapshot::new(&states),
+            rows,
+            default_curve,
+            stale_after,
+            start_window,
+            filters: Filters::standard(EnergyLevel::LowPowered),
+            plain_filters: Filters::standard(EnergyLevel::Powerless),
+            score: ScoreConfig::default(),
+        }
+    }
+
+    /// wattwise's decision, by the scheduler's own policy with its default filters and score.
+    pub fn schedule(&self, pod: &PodRequest) -> Result<Decision, Unschedulable> {
+        policy::schedule(pod, &self.snapshot, &self.filters, &self.score)
+    }
+
+    /// Nodes kube-scheduler's filters pass (no energy floor).
+    pub fn feasible(&self, pod: &PodRequest) -> Vec<usize> {
+        policy::feasible(pod, &self.snapshot, &self.plain_filters)
+    }
+
+    /// The node powered on (ready) or off.
+    pub fn set_ready(&mut self, node: usize, ready: bool) {
+        let row = &mut self.rows[node];
+        row.state.ready = ready;
+        if !ready {
+            row.report = None;
+            row.recent.clear();
+        }
+        self.rewrite(node);
+    }
+
+    pub fn set_energy(&mut self, node: usize, energy: Option<EnergyLevel>) {
+        if self.rows[node].state.power.energy != energy {
+            self.rows[node].state.power.energy = energy;
+            self.refresh_power(node, None);
+        }
+    }
+
+    /// Pod `pod` bound to `node` at `now`.
+    pub fn bind(&mut self, node: usize, pod: usize, request: &PodRequest, now: f64) {
+        let row = &mut self.rows[node];
+        row.state.requested.add(&request.requests);
+        row.recent.push((now, request.pricing_cpu_millicores, pod));
+        self.update_usage(node, now);
+    }
+
+    /// Pod `pod` left `node` (finished or evicted).
+    pub fn unbind(&mut self, node: usize, pod: usize, request: &PodRequest, now: f64) {
+        let row = &mut self.rows[node];
+        row.state.requested.subtract(&request.requests);
+        row.recent.retain(|&(_, _, p)| p != pod);
+        self.update_usage(node, now);
+    }
+
+    /// A report observed at `now`.
+    pub fn report(&mut self, node: usize, report: Report, now: f64) {
+        let window = self.start_window;
+        let row = &mut self.rows[node];
+        row.recent.retain(|&(placed, _, _)| placed > now - window);
+        row.report = Some((now, report));
+        self.refresh_power(node, Some(now));
+    }
+
+    /// Brings node `node`'s freshness to `now` (a report may have gone stale).
+    pub fn expire(&mut self, node: usize, now: f64) {
+        if self.rows[node].state.power.fresh {
+            self.refresh_power(node, Some(now));
+        }
+    }
+
+    fn update_usage(&mut self, node: usize, now: f64) {
+        let state = &self.rows[node].state;
+        self.snapshot.set_usage(
+            node,
+            &state.allocatable,
+            &state.requested,
+            &state.used_host_ports,
+        );
+        self.refresh_power(node, Some(now));
+    }
+
+    fn rewrite(&mut self, node: usize) {
+        self.refresh_power_row(node, None);
+        self.snapshot.set(node, &self.rows[node].state);
+    }
+
+    fn refresh_power(&mut self, node: usize, now: Option<f64>) {
+        self.refresh_power_row(node, now);
+        self.snapshot.set_power(node, &self.rows[node].state.power);
+    }
+
+    /// The cache's rule (module docs); `now: None` keeps the freshness as it is.
+    fn refresh_power_row(&mut self, node: usize, now: Option<f64>) {
+        let row = &mut self.rows[node];
+        let capacity = row.state.allocatable.cpu_millicores;
+        let fresh = match (now, &row.report) {
+            (_, None) => false,
+            (Some(now), Some((observed, _))) => now <= observed + self.stale_after,
+            (None, Some(_)) => row.state.power.fresh,
+        };
+        let power = &mut row.state.power;
+        match row.report.as_ref().filter(|_| fresh) {
+            Some((_, report)) => {
+                let unmeasured: u64 = row.recent.iter().map(|&(_, cpu, _)| cpu).sum();
+                power.curve = report.curve.clone();
+                power.utilisation = utilisation(report.utilisation, unmeasured, capacity);
+                power.fresh = true;
+            }
+            None => {
+                power.curve = self.default_curve.clone();
+                power.utilisation = utilisation(0.0, row.state.requested.cpu_millicores, capacity);
+                power.fresh = false;
+            }
+        }
+        power.capacity_millicores = capacity;
+    }
+
+    #[cfg(test)]
+    pub fn power(&self, node: usize) -> &NodePower {
+        self.snapshot.power(node)
+    }
+}
+
+/// `measured` plus `extra` of `capacity`, as the cache computes it.
+fn utilisation(measured: f64, extra_millicores: u64, capacity_millicores: u64) -> f64 {
+    if capacity_millicores == 0 {
+        return 1.0;
+    }
+    (measured + extra_millicores as f64 / capacity_millicores as f64).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(u: f64) -> Report {
+        Report {
+            curve: PowerCurve::linear(50.0, 150.0).unwrap(),
+            utilisation: u,
+        }
+    }
+
+    #[test]
+    fn pods_count_on_top_of_a_report_until_one_observed_a_window_after_them() {
+        let cpu = Requests {
+            cpu_millicores: 1000,
+            memory_mib: 1024,
+        };
+        let mut view = SchedulerView::new(
+            &[(
+                "a".into(),
+                Requests {
+                    cpu_millicores: 4000,
+                    memory_mib: 8192,
+                },
+            )],
+            30.0,
+            30.0,
+        );
+        view.set_ready(0, true);
+        assert!(!view.power(0).fresh);
+        view.report(0, report(0.25), 0.0);
+        assert!(view.power(0).fresh);
+        assert_eq!(view.power(0).utilisation, 0.25);
+        let pod = pod_request("p", cpu);
+        view.bind(0, 7, &pod, 5.0);
+        assert_eq!(view.power(0).utilisation, 0.5, "placed after the report");
+        view.report(0, report(0.5), 20.0);
+        assert_eq!(view.power(0).utilisation, 0.75, "within the window");
+        view.report(0, report(0.5), 40.0);
+        assert_eq!(view.power(0).utilisation, 0.5, "measured now");
+        // Stale: the default curve from requests.
+        view.expire(0, 71.0);
+        let power = view.power(0);
+        assert!(!power.fresh);
+        assert_eq!(power.utilisation, 0.25);
+        assert_eq!(power.curve.peak_watts(), DEFAULT_PEAK_WATTS);
+        view.unbind(0, 7, &pod, 80.0);
+        assert_eq!(view.power(0).utilisation, 0.0);
+        assert_eq!(view.feasible(&pod), [0]);
+        view.set_ready(0, false);
+        assert!(view.feasible(&pod).is_empty());
+    }
+}
