@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use wattwise_core::{EnergyLevel, PowerCurve};
 use wattwise_scheduler::policy::{
-    self, Decision, Filters, NodePower, NodeState, PodConstraints, PodRequest, Resources,
-    ScoreConfig, Snapshot, Unschedulable,
+    self, utilisation, Decision, Filters, NodePower, NodeState, PodConstraints, PodRequest,
+    Resources, ScoreConfig, Snapshot, Unschedulable,
 };
 
 use crate::agent::Report;
@@ -235,14 +235,6 @@ impl SchedulerView {
     pub fn power(&self, node: usize) -> &NodePower {
         self.snapshot.power(node)
     }
-}
-
-/// `measured` plus `extra` of `capacity`, as the cache computes it.
-fn utilisation(measured: f64, extra_millicores: u64, capacity_millicores: u64) -> f64 {
-    if capacity_millicores == 0 {
-        return 1.0;
-    }
-    (measured + extra_millicores as f64 / capacity_millicores as f64).max(0.0)
 }
 
 #[cfg(test)]

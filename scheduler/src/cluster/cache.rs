@@ -23,7 +23,7 @@ pub use super::power::ReportRejection;
 use super::published::{PublishedEnergy, ReportedEnergy};
 pub use super::store::PodUid;
 use super::store::{pod_uid, ApiStore};
-use crate::policy::{HostPort, NodePower, NodeState, PodRequest, Resources, Snapshot};
+use crate::policy::{utilisation, HostPort, NodePower, NodeState, PodRequest, Resources, Snapshot};
 
 /// What the cache needs from the configuration.
 #[derive(Debug, Clone)]
@@ -427,15 +427,6 @@ impl ClusterCache {
             self.table.snapshot.set_power(row, &power);
         }
     }
-}
-
-/// `measured` plus `extra_millicores` of `capacity_millicores`; a node without capacity is full.
-/// Not capped at 1: a node loaded beyond its capacity is priced as such.
-fn utilisation(measured: f64, extra_millicores: u64, capacity_millicores: u64) -> f64 {
-    if capacity_millicores == 0 {
-        return 1.0;
-    }
-    (measured + extra_millicores as f64 / capacity_millicores as f64).max(0.0)
 }
 
 #[cfg(test)]

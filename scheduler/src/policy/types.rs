@@ -234,6 +234,15 @@ impl NodePower {
     }
 }
 
+/// [`NodePower::utilisation`]: `measured` plus `extra_millicores` of `capacity_millicores`; a node without capacity is full.
+/// Not capped at 1: a node loaded beyond its capacity is priced as such.
+pub fn utilisation(measured: f64, extra_millicores: u64, capacity_millicores: u64) -> f64 {
+    if capacity_millicores == 0 {
+        return 1.0;
+    }
+    (measured + extra_millicores as f64 / capacity_millicores as f64).max(0.0)
+}
+
 /// What the policy needs to know about a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeState {
