@@ -1,6 +1,7 @@
 //! `wattwise-sim SCENARIO.yaml [--json] [--seeds 1,2,3]`: runs every policy of the scenario under
 //! every seed and prints the figures per policy (mean ± stdev over seeds).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "warn,wattwise_sim=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let mut scenario = Scenario::load(&args.scenario)?;

@@ -1,0 +1,87 @@
+//! The `wattwise-sim` binary as the README and docs/evaluation.md tell users to run it: a
+//! committed scenario in, a table or JSON out; a bad scenario gives an error naming the file and
+//! field, and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sim(args: &[&str]) -> Output {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Command::new(env!("CARGO_BIN_EXE_wattwise-sim"))
+        .args(args)
+        .current_dir(repo)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running wattwise-sim")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_trace_scenario_runs_every_policy_and_reports_json_and_a_table() {
+    let out = sim(&["sim/scenarios/example-trace.yaml", "--json", "--seeds", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "no terminal colours in a log that is not a terminal"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(json["scenario"], "example-trace");
+    let runs = json["runs"].as_array().expect("runs");
+    let policies: Vec<&str> = runs.iter().filter_map(|r| r["policy"].as_str()).collect();
+    assert_eq!(
+        policies,
+        [
+            "wattwise",
+            "kube-default",
+            "most-allocated",
+            "random",
+            "minimize-power",
+            "serverless-seed"
+        ]
+    );
+    for run in runs {
+        let o = &run["outcome"];
+        let energy = o["energy_kwh"].as_f64().unwrap();
+        let always_on = o["bound_always_on_kwh"].as_f64().unwrap();
+        let autoscaled = o["bound_autoscaled_kwh"].as_f64().unwrap();
+        assert!(energy > 0.0 && energy.is_finite(), "{run}");
+        // The trace's autoscaled scenario: the whole-server bound holds for every policy.
+        assert!(autoscaled <= energy + 1e-9, "{run}");
+        assert!(autoscaled <= always_on + 1e-9, "{run}");
+        assert_eq!(o["pods"], 300, "{run}");
+    }
+
+    let table = sim(&["sim/scenarios/example-trace.yaml", "--seeds", "1"]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    for policy in policies {
+        assert!(table.contains(policy), "{policy} missing:\n{table}");
+    }
+}
+
+#[test]
+fn a_bad_scenario_is_refused_naming_the_file_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/example-trace.yaml"),
+    )
+    .unwrap();
+    let bad: PathBuf = dir.path().join("typo.yaml");
+    std::fs::write(&bad, original.replace("duration_hours", "duration_hourz")).unwrap();
+    let out = sim(&[bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("typo.yaml"), "{err}");
+    assert!(err.contains("duration_hourz"), "{err}");
+
+    let out = sim(&["sim/scenarios/no-such-scenario.yaml"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no-such-scenario.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
