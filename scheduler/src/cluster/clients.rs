@@ -22,8 +22,10 @@ impl ApiClients {
     pub fn new(config: kube::Config, api: &ApiConfig) -> Result<Self, kube::Error> {
         let bounded = |read: std::time::Duration| -> Result<Client, kube::Error> {
             let mut c = config.clone();
-            c.connect_timeout = Some(api.timeout);
-            c.write_timeout = Some(api.timeout);
+            // Connecting (TLS included) is bounded like any wait: a watch whose new connection
+            // hangs in its handshake is down after the watch bound, not after `api.timeout`.
+            c.connect_timeout = Some(read.min(api.timeout));
+            c.write_timeout = Some(read.min(api.timeout));
             c.read_timeout = Some(read);
             // Count the silence from each request, not from when a pooled connection went idle.
             c.reset_reader_on_write = true;
