@@ -69,6 +69,16 @@ impl EnergyLevel {
         }
     }
 
+    /// Position in [`EnergyLevel::ALL`] (powerless 0 .. well-powered 3).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The level `steps` above this one, if there is one.
+    pub fn raised(self, steps: usize) -> Option<Self> {
+        Self::ALL.get(self.index() + steps).copied()
+    }
+
     /// The label value the original system put on nodes (`energy-status=well-powered`).
     pub fn label(self) -> &'static str {
         match self {
@@ -124,6 +134,22 @@ impl FromStr for EnergyLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_step_up_in_order() {
+        for (i, level) in EnergyLevel::ALL.into_iter().enumerate() {
+            assert_eq!(level.index(), i);
+        }
+        assert_eq!(
+            EnergyLevel::Powerless.raised(2),
+            Some(EnergyLevel::Vulnerable)
+        );
+        assert_eq!(
+            EnergyLevel::Vulnerable.raised(1),
+            Some(EnergyLevel::WellPowered)
+        );
+        assert_eq!(EnergyLevel::Vulnerable.raised(2), None);
+    }
 
     #[test]
     fn percentages_map_to_the_published_tiers() {

@@ -13,7 +13,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use wattwise_core::EnergyLevel;
 use wattwise_daemon::health::Heartbeat;
 
 use super::cache::ClusterCache;
@@ -114,7 +113,7 @@ impl EnergyAdapter {
             cache.advance(now);
             cache.energy_publication(expect_reports, |name, published, reported| {
                 if let Some(level) = published.managed_level() {
-                    labelled[level_index(level)] += 1;
+                    labelled[level.index()] += 1;
                 }
                 let Some(change) = decide(published, reported) else {
                     return;
@@ -161,11 +160,4 @@ impl EnergyAdapter {
             }
         }
     }
-}
-
-fn level_index(level: EnergyLevel) -> usize {
-    EnergyLevel::ALL
-        .iter()
-        .position(|l| *l == level)
-        .expect("ALL holds every level")
 }

@@ -322,12 +322,8 @@ fn ineligible(
 /// `from`, above the candidates' levels (a pod never moves onto a node the offloader drains, to
 /// be moved again next pass) and allowed new pods at all. `None` when no level is good enough.
 fn required_level(from: EnergyLevel, config: &OffloadConfig) -> Option<EnergyLevel> {
-    let above = |level: EnergyLevel, steps: u8| {
-        let position = EnergyLevel::ALL.iter().position(|l| *l == level)?;
-        EnergyLevel::ALL.get(position + usize::from(steps)).copied()
-    };
-    let better = above(from, config.min_improvement.max(1))?;
-    let undrained = above(config.at_or_below, 1)?;
+    let better = from.raised(usize::from(config.min_improvement.max(1)))?;
+    let undrained = config.at_or_below.raised(1)?;
     Some(better.max(undrained).max(config.lowest_energy))
 }
 
