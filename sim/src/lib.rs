@@ -178,7 +178,7 @@ pub fn simulate(scenario: &Scenario) -> Result<Vec<Run>, SimError> {
 }
 
 /// One agent per node, warmed up as the scenario says.
-fn agents(
+pub fn agents(
     scenario: &Scenario,
     nodes: &[SimNode],
     models: &mut agent::Models,
