@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod engine;
+pub mod plot;
 pub mod policy;
 pub mod report;
 pub mod scenario;
