@@ -13,12 +13,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::Rng;
 use wattwise_agent::calibrator::{Calibrator, Identity, Outcome};
-use wattwise_agent::config::CalibrationConfig;
+use wattwise_agent::config::{CalibrationConfig, EnergyConfig};
 use wattwise_agent::model::{Conditions, ModelError, ModelOverrides, NodeScale, PowerModel};
 use wattwise_agent::sensors::bmc::{BmcReadings, PowerPath, RoleReading};
+use wattwise_agent::sensors::energy::EnergyTracker;
 use wattwise_agent::sensors::roles::Role;
 use wattwise_core::curve::DEFAULT_CURVE_POINTS;
-use wattwise_core::PowerCurve;
+use wattwise_core::{EnergyLevel, PowerCurve};
 use wattwise_proto::v1 as pb;
 
 use crate::specpower::SpecServer;
@@ -73,6 +74,8 @@ pub struct Agent {
     last_prediction: Option<(f64, f64)>,
     /// Readings' `last_ok`, one tick per cycle: each measurement is new to the calibrator.
     cycle: u64,
+    /// The agent's own level tracker, with its default hysteresis band.
+    energy: EnergyTracker,
 }
 
 /// A report's content as the scheduler prices it.
@@ -80,6 +83,8 @@ pub struct Agent {
 pub struct Report {
     pub curve: PowerCurve,
     pub utilisation: f64,
+    /// The node's energy level after the agent's hysteresis; `None` on the grid.
+    pub energy: Option<EnergyLevel>,
 }
 
 impl Agent {
@@ -108,15 +113,18 @@ impl Agent {
             calibrator,
             last_prediction: None,
             cycle: 0,
+            energy: EnergyTracker::new(EnergyConfig::default().hysteresis_percent),
         })
     }
 
-    /// One agent cycle at `utilisation` with the node drawing `true_watts`: the BMC's reading is
-    /// offered to the calibrator, and the report carries the (re)calibrated curve.
+    /// One agent cycle at `utilisation` with the node drawing `true_watts` and its battery at
+    /// `battery_percent` (`None`: no battery): the BMC's reading is offered to the calibrator,
+    /// the report carries the (re)calibrated curve and the level the agent's tracker gives.
     pub fn cycle(
         &mut self,
         utilisation: f64,
         true_watts: f64,
+        battery_percent: Option<f64>,
         noise: f64,
         rng: &mut StdRng,
     ) -> Report {
@@ -149,6 +157,7 @@ impl Agent {
         Report {
             curve: self.curve.clone(),
             utilisation,
+            energy: battery_percent.map(|p| self.energy.observe(p)),
         }
     }
 
@@ -157,7 +166,7 @@ impl Agent {
     pub fn warm_up(&mut self, watts_at: impl Fn(f64) -> f64, noise: f64, rng: &mut StdRng) {
         for u in [0.2, 0.5, 0.8] {
             for _ in 0..40 {
-                self.cycle(u, watts_at(u), noise, rng);
+                self.cycle(u, watts_at(u), None, noise, rng);
             }
         }
     }
@@ -216,11 +225,11 @@ mod tests {
         let mut agent = Agent::new("n1", model, 23.0).unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let truth = |u: f64| server.watts_at_inlet(u, 23.0);
-        let before = agent.cycle(0.5, truth(0.5), 0.0, &mut rng);
+        let before = agent.cycle(0.5, truth(0.5), None, 0.0, &mut rng);
         let error = |r: &Report| (r.curve.watts_at(0.5) - truth(0.5)).abs() / truth(0.5);
         agent.warm_up(truth, 0.02, &mut rng);
         assert_eq!(agent.calibration().state, State::Calibrated);
-        let after = agent.cycle(0.5, truth(0.5), 0.02, &mut rng);
+        let after = agent.cycle(0.5, truth(0.5), None, 0.02, &mut rng);
         assert!(
             error(&after) < 0.05,
             "{} vs {}",

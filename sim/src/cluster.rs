@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wattwise_scheduler::policy::PodRequest;
 
+use crate::solar::Storage;
 use crate::specpower::SpecServer;
 use crate::view::Requests;
 use crate::workload::TracePod;
@@ -37,6 +38,8 @@ pub enum PowerState {
     On,
     Booting,
     Off,
+    /// Its battery ran empty: off, its pods gone, until the battery has recovered.
+    BrownedOut,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub struct SimNode {
     pub load_millicores: f64,
     /// Since when the node has had no pod (meaningful while `pods` is empty).
     pub empty_since: f64,
+    /// Battery (and panel); `None`: on the grid.
+    pub storage: Option<Storage>,
 }
 
 impl SimNode {
@@ -71,6 +76,7 @@ impl SimNode {
             pods: Vec::new(),
             load_millicores: 0.0,
             empty_since: 0.0,
+            storage: None,
         }
     }
 

@@ -14,11 +14,12 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use wattwise_bounds::{BoundError, Demand};
-use wattwise_core::PowerCurve;
+use wattwise_core::{EnergyLevel, PowerCurve};
 
 use crate::agent::Agent;
 use crate::cluster::{Cluster, PodPhase, PowerState, SimNode, SimPod};
-use crate::policy::Placement;
+use crate::policy::{Eviction, Placement};
+use crate::report::{LevelHours, Sample, SAMPLE_SECONDS};
 use crate::scenario::{PowerManagement, Reports};
 use crate::view::{pod_request, Requests, SchedulerView};
 use crate::workload::TracePod;
@@ -55,11 +56,19 @@ pub struct Outcome {
     pub node_hours_on: f64,
     pub node_hours_booting: f64,
     pub node_hours_off: f64,
+    /// Battery nodes off because their battery ran empty.
+    pub node_hours_browned_out: f64,
+    /// Node-hours at each true energy level (battery charge), and on the grid.
+    pub node_hours_by_level: LevelHours,
+    /// Pods the policy evicted (offloaders).
     pub evictions: u64,
+    pub pods_moved_per_hour: f64,
+    /// Pods killed by brown-outs (they go back to pending).
+    pub brownout_kills: u64,
     pub boots: u64,
     pub decisions: u64,
-    /// Total cluster watts at each report period (for plots).
-    pub power_series: Vec<f64>,
+    /// Every [`SAMPLE_SECONDS`] simulated (for plots).
+    pub series: Vec<Sample>,
 }
 
 /// Wall-clock figures of a run (not part of the deterministic outcome).
@@ -75,6 +84,7 @@ enum Event {
     Started { pod: usize, generation: u32 },
     Booted { node: usize },
     Reports,
+    Sample,
     Expire { node: usize },
     PolicyTick,
     PowerTick,
@@ -91,11 +101,12 @@ impl Event {
             Event::Started { .. } => 1,
             Event::Booted { .. } => 2,
             Event::Reports => 3,
-            Event::Expire { .. } => 4,
-            Event::PolicyTick => 5,
-            Event::PowerTick => 6,
-            Event::Arrival { .. } => 7,
-            Event::Retry => 8,
+            Event::Sample => 4,
+            Event::Expire { .. } => 5,
+            Event::PolicyTick => 6,
+            Event::PowerTick => 7,
+            Event::Arrival { .. } => 8,
+            Event::Retry => 9,
         }
     }
 }
@@ -148,13 +159,20 @@ struct Engine<'p> {
     last_t: f64,
     energy_joules: f64,
     peak_watts: f64,
-    states: [usize; 3],
-    state_seconds: [f64; 3],
+    states: [usize; 4],
+    state_seconds: [f64; 4],
     waits: Vec<f64>,
     evictions: u64,
+    brownout_kills: u64,
     boots: u64,
     decisions: u64,
-    power_series: Vec<f64>,
+    /// Each node's energy since `node_since` (settled when its watts change), joules.
+    node_joules: Vec<f64>,
+    node_since: Vec<f64>,
+    /// When batteries were last stepped.
+    batteries_at: f64,
+    level_hours: LevelHours,
+    series: Vec<Sample>,
     bounds: Bounds,
 }
 
@@ -230,6 +248,7 @@ fn state_slot(state: PowerState) -> usize {
         PowerState::On => 0,
         PowerState::Booting => 1,
         PowerState::Off => 2,
+        PowerState::BrownedOut => 3,
     }
 }
 
@@ -299,13 +318,18 @@ pub fn run(setup: Setup, policy: &mut dyn Placement) -> (Outcome, Timing) {
         last_t: 0.0,
         energy_joules: 0.0,
         peak_watts: 0.0,
-        states: [0; 3],
-        state_seconds: [0.0; 3],
+        states: [0; 4],
+        state_seconds: [0.0; 4],
         waits: Vec::new(),
         evictions: 0,
+        brownout_kills: 0,
         boots: 0,
         decisions: 0,
-        power_series: Vec::new(),
+        node_joules: vec![0.0; nodes],
+        node_since: vec![0.0; nodes],
+        batteries_at: 0.0,
+        level_hours: LevelHours::default(),
+        series: Vec::new(),
         bounds: Bounds::new(&nodes_for_bounds).expect("validated nodes"),
     };
     engine.start();
@@ -342,6 +366,7 @@ impl Engine<'_> {
             self.schedule(at, Event::Arrival { pod });
         }
         self.schedule(0.0, Event::Reports);
+        self.schedule(0.0, Event::Sample);
         if self.policy.tick_seconds().is_some() {
             self.schedule(0.0, Event::PolicyTick);
         }
@@ -360,6 +385,7 @@ impl Engine<'_> {
             self.handle(next.event);
         }
         self.advance(end);
+        self.step_batteries();
         self.bounds.close(end);
     }
 
@@ -381,6 +407,7 @@ impl Engine<'_> {
     fn update_watts(&mut self, node: usize) {
         let n = &self.cluster.nodes[node];
         let watts = match (n.state, &self.power) {
+            (PowerState::BrownedOut, _) => 0.0,
             (PowerState::On, _) => n.hardware.watts(n.utilisation()),
             (
                 PowerState::Booting,
@@ -391,6 +418,8 @@ impl Engine<'_> {
             (PowerState::Off, PowerManagement::Autoscaler { off_watts, .. }) => *off_watts,
             (_, PowerManagement::AlwaysOn) => 0.0,
         };
+        self.node_joules[node] += self.watts[node] * (self.now - self.node_since[node]);
+        self.node_since[node] = self.now;
         self.total_watts += watts - self.watts[node];
         self.watts[node] = watts;
     }
@@ -444,33 +473,35 @@ impl Engine<'_> {
                 }
             }
             Event::Booted { node } => {
+                if self.cluster.nodes[node].state != PowerState::Booting {
+                    return; // browned out while booting
+                }
                 self.set_state(node, PowerState::On);
                 self.cluster.nodes[node].empty_since = self.now;
                 self.report(node);
                 self.want_retry();
             }
             Event::Reports => {
+                self.step_batteries();
                 for node in 0..self.cluster.nodes.len() {
                     if self.cluster.nodes[node].ready() {
                         self.report(node);
                     }
                 }
-                self.power_series.push(self.total_watts);
                 self.bounds.close(self.now);
                 let period = self.reports.period_seconds;
                 self.schedule(self.now + period, Event::Reports);
             }
+            Event::Sample => {
+                self.sample();
+                self.schedule(self.now + SAMPLE_SECONDS, Event::Sample);
+            }
             Event::Expire { node } => self.view.expire(node, self.now),
             Event::PolicyTick => {
-                let evicted = self.policy.tick(self.now, &self.cluster, &mut self.rng);
-                for pod in evicted {
-                    if matches!(self.cluster.pods[pod].phase, PodPhase::Bound { .. }) {
-                        self.unbind(pod);
-                        self.evictions += 1;
-                        self.cluster.pods[pod].phase = PodPhase::Pending { since: self.now };
-                        self.pending.push_back(pod);
-                    }
-                }
+                let evictions =
+                    self.policy
+                        .tick(self.now, &self.cluster, &self.view, &mut self.rng);
+                self.evict(&evictions);
                 self.want_retry();
                 let period = self.policy.tick_seconds().expect("a ticking policy");
                 self.schedule(self.now + period, Event::PolicyTick);
@@ -481,6 +512,111 @@ impl Engine<'_> {
                 self.retry_pending();
             }
         }
+    }
+
+    /// Evicts `evictions`' pods. Their controllers recreate them at once; a replacement whose
+    /// node was reserved is bound there if the node still passes wattwise's filters for it (the
+    /// scheduler honours the reservation), otherwise it waits like any pending pod.
+    fn evict(&mut self, evictions: &[Eviction]) {
+        let mut evicted = Vec::with_capacity(evictions.len());
+        for e in evictions {
+            if matches!(self.cluster.pods[e.pod].phase, PodPhase::Bound { .. }) {
+                self.unbind(e.pod);
+                self.evictions += 1;
+                self.cluster.pods[e.pod].phase = PodPhase::Pending { since: self.now };
+                evicted.push(*e);
+            }
+        }
+        for e in evicted {
+            match e.to {
+                Some(to) if self.view.admits(&self.cluster.pods[e.pod].request, to) => {
+                    self.bind(e.pod, to)
+                }
+                _ => self.pending.push_back(e.pod),
+            }
+        }
+    }
+
+    /// Steps every battery to now: the panel's energy in, the node's true energy out (exact:
+    /// watts are constant between the changes `update_watts` settles). A battery that ran
+    /// empty browns its node out; a browned-out node whose battery has recovered is on again.
+    /// Node-hours per true level count each node at its level when the step began.
+    fn step_batteries(&mut self) {
+        let (since, now) = (self.batteries_at, self.now);
+        self.batteries_at = now;
+        let hours = (now - since) / 3600.0;
+        for node in 0..self.cluster.nodes.len() {
+            let used = self.node_joules[node] + self.watts[node] * (now - self.node_since[node]);
+            self.node_joules[node] = 0.0;
+            self.node_since[node] = now;
+            let n = &mut self.cluster.nodes[node];
+            let Some(storage) = n.storage.as_mut() else {
+                self.level_hours.add(None, hours);
+                continue;
+            };
+            let battery = &mut storage.battery;
+            self.level_hours
+                .add(Some(EnergyLevel::from_percent(battery.percent())), hours);
+            let solar = storage
+                .sun
+                .as_ref()
+                .map_or(0.0, |sun| sun.joules(since, now));
+            battery.step(solar, used);
+            match n.state {
+                PowerState::On | PowerState::Booting if battery.empty() => self.brown_out(node),
+                PowerState::BrownedOut if battery.recovered() => {
+                    n.empty_since = now;
+                    self.set_state(node, PowerState::On);
+                    self.want_retry();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Node `node`'s battery is empty: it stops, its pods are killed and wait to be placed
+    /// again (their work so far kept, as for an eviction).
+    fn brown_out(&mut self, node: usize) {
+        let pods = self.cluster.nodes[node].pods.clone();
+        for pod in pods {
+            self.unbind(pod);
+            self.cluster.pods[pod].phase = PodPhase::Pending { since: self.now };
+            self.pending.push_back(pod);
+            self.brownout_kills += 1;
+        }
+        self.set_state(node, PowerState::BrownedOut);
+        self.want_retry();
+    }
+
+    fn sample(&mut self) {
+        let mut sample = Sample {
+            t_seconds: self.now,
+            watts: self.total_watts,
+            energy_kwh: self.energy_joules / 3.6e6,
+            well_powered: 0,
+            vulnerable: 0,
+            low_powered: 0,
+            powerless: 0,
+            grid: 0,
+            browned_out: 0,
+        };
+        for n in &self.cluster.nodes {
+            let level = n
+                .storage
+                .as_ref()
+                .map(|s| EnergyLevel::from_percent(s.battery.percent()));
+            *match level {
+                Some(EnergyLevel::WellPowered) => &mut sample.well_powered,
+                Some(EnergyLevel::Vulnerable) => &mut sample.vulnerable,
+                Some(EnergyLevel::LowPowered) => &mut sample.low_powered,
+                Some(EnergyLevel::Powerless) => &mut sample.powerless,
+                None => &mut sample.grid,
+            } += 1;
+            if n.state == PowerState::BrownedOut {
+                sample.browned_out += 1;
+            }
+        }
+        self.series.push(sample);
     }
 
     /// A pass over the waiting pods soon (kube moves unschedulable pods back on cluster events,
@@ -602,6 +738,7 @@ impl Engine<'_> {
         let report = agents[node].cycle(
             u,
             n.hardware.watts(u),
+            n.storage.as_ref().map(|s| s.battery.percent()),
             self.reports.sensor_noise,
             &mut self.noise_rng,
         );
@@ -717,10 +854,14 @@ impl Engine<'_> {
             node_hours_on: self.state_seconds[0] / 3600.0,
             node_hours_booting: self.state_seconds[1] / 3600.0,
             node_hours_off: self.state_seconds[2] / 3600.0,
+            node_hours_browned_out: self.state_seconds[3] / 3600.0,
+            node_hours_by_level: self.level_hours,
             evictions: self.evictions,
+            pods_moved_per_hour: self.evictions as f64 / (duration / 3600.0),
+            brownout_kills: self.brownout_kills,
             boots: self.boots,
             decisions: self.decisions,
-            power_series: self.power_series,
+            series: self.series,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod plot;
 pub mod policy;
 pub mod report;
 pub mod scenario;
+pub mod solar;
 pub mod specpower;
 pub mod view;
 pub mod workload;
@@ -77,6 +78,24 @@ pub fn nodes(scenario: &Scenario) -> Result<Vec<SimNode>, SimError> {
     let mut nodes = Vec::new();
     for group in &scenario.nodes {
         let spec = find(&group.spec)?;
+        let storage = match &group.battery {
+            Some(b) => Some(solar::Storage {
+                battery: solar::Battery {
+                    capacity_wh: b.capacity_wh,
+                    charge_wh: b.capacity_wh * b.initial_percent / 100.0,
+                    restart_percent: b.restart_percent,
+                },
+                sun: match &group.solar {
+                    Some(s) => Some(Arc::new(solar::Sun::load(
+                        &scenario.resolve(&s.site),
+                        s.panel_watts_peak,
+                        s.shift_hours,
+                    )?)),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
         for _ in 0..group.count {
             let hardware = Hardware {
                 cpu_millicores: group.cpu_millicores.unwrap_or(spec.threads as u64 * 1000),
@@ -84,7 +103,9 @@ pub fn nodes(scenario: &Scenario) -> Result<Vec<SimNode>, SimError> {
                 spec: spec.clone(),
                 inlet_celsius: group.inlet_celsius,
             };
-            nodes.push(SimNode::new(format!("node-{:04}", nodes.len()), hardware));
+            let mut node = SimNode::new(format!("node-{:04}", nodes.len()), hardware);
+            node.storage = storage.clone();
+            nodes.push(node);
         }
     }
     if let Some(list) = &scenario.node_list {

@@ -1,4 +1,4 @@
-//! `wattwise-sim SCENARIO.yaml [--json] [--seeds 1,2,3]`: runs every policy of the scenario under
+//! `wattwise-sim SCENARIO.yaml [--json [--series]] [--seeds 1,2,3]`: runs every policy of the scenario under
 //! every seed and prints the figures per policy (mean ± stdev over seeds).
 
 use std::io::IsTerminal;
@@ -16,6 +16,10 @@ struct Args {
     /// Print the runs and summaries as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// With --json: include each run's time series (every 60 s simulated: watts, cumulative
+    /// kWh, nodes per true energy level), for plots.
+    #[arg(long)]
+    series: bool,
     /// Override the scenario's seeds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
@@ -46,7 +50,9 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 let mut r = r.clone();
-                r.outcome.power_series.clear();
+                if !args.series {
+                    r.outcome.series.clear();
+                }
                 r
             })
             .collect();
@@ -63,6 +69,10 @@ fn main() -> anyhow::Result<()> {
             scenario.name, scenario.duration_hours, scenario.seeds
         );
         print!("{}", report::table(&summaries));
+        if scenario.nodes.iter().any(|g| g.battery.is_some()) {
+            println!("\nEnergy levels (true battery charge):\n");
+            print!("{}", report::levels_table(&summaries));
+        }
         let wall: f64 = runs.iter().map(|r| r.timing.wall_seconds).sum();
         println!("\n{} runs, {:.1} s wall", runs.len(), wall);
     }

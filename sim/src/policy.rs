@@ -5,18 +5,22 @@
 //! energy floor, the baselines' without one (kube's), the serverless seed's plus its powerless
 //! filter on its own levels.
 
+use std::collections::{BTreeSet, HashMap};
+
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use wattwise_core::EnergyLevel;
+use wattwise_scheduler::policy::offload::OffloadConfig;
 
-use crate::cluster::{Cluster, SimNode, SimPod};
-use crate::view::SchedulerView;
+use crate::cluster::{Cluster, PodPhase, SimNode, SimPod};
+use crate::view::{OffloadCandidate, SchedulerView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyName {
     Wattwise,
+    WattwiseNoOffload,
     KubeDefault,
     MostAllocated,
     Random,
@@ -28,6 +32,7 @@ impl PolicyName {
     pub fn label(self) -> &'static str {
         match self {
             Self::Wattwise => "wattwise",
+            Self::WattwiseNoOffload => "wattwise-no-offload",
             Self::KubeDefault => "kube-default",
             Self::MostAllocated => "most-allocated",
             Self::Random => "random",
@@ -38,7 +43,8 @@ impl PolicyName {
 
     pub fn build(self) -> Box<dyn Placement> {
         match self {
-            Self::Wattwise => Box::new(Wattwise),
+            Self::Wattwise => Box::new(Wattwise::with_offloader(true)),
+            Self::WattwiseNoOffload => Box::new(Wattwise::with_offloader(false)),
             Self::KubeDefault => Box::new(Kube(Strategy::LeastAllocated)),
             Self::MostAllocated => Box::new(Kube(Strategy::MostAllocated)),
             Self::Random => Box::new(Random),
@@ -46,6 +52,13 @@ impl PolicyName {
             Self::ServerlessSeed => Box::new(ServerlessSeed::default()),
         }
     }
+}
+
+/// A pod to evict, and the node reserved for its replacement (`None`: scheduled as any pod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eviction {
+    pub pod: usize,
+    pub to: Option<usize>,
 }
 
 /// How a policy places pods, and what it does periodically.
@@ -61,8 +74,14 @@ pub trait Placement {
     }
 
     /// Periodic work at `now` (refreshing readings, energy adapters, offloaders); returns the
-    /// pods to evict. This is where an offloader's planner plugs in.
-    fn tick(&mut self, _now: f64, _cluster: &Cluster, _rng: &mut StdRng) -> Vec<usize> {
+    /// pods to evict, each with the node reserved for its replacement if the policy planned one.
+    fn tick(
+        &mut self,
+        _now: f64,
+        _cluster: &Cluster,
+        _view: &SchedulerView,
+        _rng: &mut StdRng,
+    ) -> Vec<Eviction> {
         Vec::new()
     }
 
@@ -76,13 +95,85 @@ pub trait Placement {
     ) -> Option<usize>;
 }
 
-/// The scheduler's own decision (`policy::schedule`, default filters and score config). Its
-/// offloader (issue 13) will plug in through [`Placement::tick`].
-struct Wattwise;
+/// The scheduler's own decision (`policy::schedule`, default filters and score config) and, with
+/// the offloader, its planner (`offload::plan`, default `OffloadConfig`) every 30 s (the
+/// offloader's default period): each planned move evicts the pod and reserves the target for
+/// its replacement.
+struct Wattwise {
+    offloader: bool,
+    /// Pods moved and when: their owners cool down.
+    moved: HashMap<usize, f64>,
+}
+
+/// The offloader's default pass period.
+const OFFLOAD_SECONDS: f64 = 30.0;
+/// Per-owner cooldown after a move. The scheduler's offloader configuration (issue 13's I/O
+/// pass) is not merged yet; 10 minutes is this simulation's choice until it is.
+const OWNER_COOLDOWN_SECONDS: f64 = 600.0;
+
+impl Wattwise {
+    fn with_offloader(offloader: bool) -> Self {
+        Self {
+            offloader,
+            moved: HashMap::new(),
+        }
+    }
+}
 
 impl Placement for Wattwise {
     fn reads_reports(&self) -> bool {
         true
+    }
+
+    fn tick_seconds(&self) -> Option<f64> {
+        self.offloader.then_some(OFFLOAD_SECONDS)
+    }
+
+    fn tick(
+        &mut self,
+        now: f64,
+        cluster: &Cluster,
+        view: &SchedulerView,
+        _: &mut StdRng,
+    ) -> Vec<Eviction> {
+        let config = OffloadConfig::default();
+        self.moved
+            .retain(|_, &mut at| now - at < OWNER_COOLDOWN_SECONDS);
+        // Only pods on nodes the planner would look at: it skips the others itself, and
+        // handing it every pod of a large cluster each pass costs time for nothing.
+        let mut candidates = Vec::new();
+        for (node, n) in cluster.nodes.iter().enumerate() {
+            if !view.weakly_powered(node, &config) {
+                continue;
+            }
+            for &pod in &n.pods {
+                let p = &cluster.pods[pod];
+                if let PodPhase::Bound { at, .. } = p.phase {
+                    candidates.push(OffloadCandidate {
+                        pod,
+                        node,
+                        request: &p.request,
+                        age_seconds: now - at,
+                    });
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let cooling: BTreeSet<String> = self
+            .moved
+            .keys()
+            .map(|&pod| cluster.pods[pod].request.uid.clone())
+            .collect();
+        let moves = view.plan_offload(&candidates, &config, &cooling);
+        moves
+            .into_iter()
+            .map(|(pod, to)| {
+                self.moved.insert(pod, now);
+                Eviction { pod, to: Some(to) }
+            })
+            .collect()
     }
 
     fn place(
@@ -236,7 +327,13 @@ impl Placement for MinimizePower {
         Some(60.0)
     }
 
-    fn tick(&mut self, _now: f64, cluster: &Cluster, _: &mut StdRng) -> Vec<usize> {
+    fn tick(
+        &mut self,
+        _now: f64,
+        cluster: &Cluster,
+        _: &SchedulerView,
+        _: &mut StdRng,
+    ) -> Vec<Eviction> {
         let first = self.readings.is_empty();
         self.readings.resize(cluster.nodes.len(), 0.0);
         for (i, node) in cluster.nodes.iter().enumerate() {
@@ -289,7 +386,13 @@ impl Placement for ServerlessSeed {
         Some(SEED_TICK_SECONDS as f64)
     }
 
-    fn tick(&mut self, _now: f64, cluster: &Cluster, rng: &mut StdRng) -> Vec<usize> {
+    fn tick(
+        &mut self,
+        _now: f64,
+        cluster: &Cluster,
+        _: &SchedulerView,
+        rng: &mut StdRng,
+    ) -> Vec<Eviction> {
         let elapsed = self.ticks * SEED_TICK_SECONDS;
         self.ticks += 1;
         if self.levels.is_empty() {
@@ -320,6 +423,7 @@ impl Placement for ServerlessSeed {
         (0..cluster.nodes.len())
             .filter(|i| ready(i) && self.levels[*i] < highest)
             .flat_map(|i| cluster.nodes[i].pods.iter().copied())
+            .map(|pod| Eviction { pod, to: None })
             .collect()
     }
 
@@ -447,6 +551,7 @@ mod tests {
             let report = Report {
                 curve,
                 utilisation: n.utilisation(),
+                energy: None,
             };
             view.report(i, report, 0.0);
         }
@@ -491,7 +596,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut policy = MinimizePower::default();
         load(&mut c, &mut view, 0, 8000);
-        policy.tick(0.0, &c, &mut rng);
+        policy.tick(0.0, &c, &view, &mut rng);
         // Whichever node the readings make cheaper keeps winning while load placed there since
         // the reading stays unseen.
         let p = pod(4000);
@@ -539,9 +644,12 @@ mod tests {
         load(&mut c, &mut view, 2, 1000);
         // At 30 s the offloader evicts every pod below the highest level (node 2's, pod 1),
         // though the well-powered node has no room for it.
-        assert_eq!(policy.tick(30.0, &c, &mut rng), [1]);
+        assert_eq!(
+            policy.tick(30.0, &c, &view, &mut rng),
+            [Eviction { pod: 1, to: None }]
+        );
         // At 40 s the adapter swaps levels (well ↔ low, vulnerable ↔ powerless); no offloading.
-        assert!(policy.tick(40.0, &c, &mut rng).is_empty());
+        assert!(policy.tick(40.0, &c, &view, &mut rng).is_empty());
         assert_eq!(
             policy.levels,
             [

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
+use wattwise_core::EnergyLevel;
 
 use crate::policy::PolicyName;
 use crate::Run;
@@ -28,6 +29,51 @@ impl Stat {
     }
 }
 
+/// Node-hours spent at each true energy level (the battery's charge, no hysteresis), and on the
+/// grid (no battery).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LevelHours {
+    pub well_powered: f64,
+    pub vulnerable: f64,
+    pub low_powered: f64,
+    /// Below 15 %: the seed paper's availability metric (browned-out hours included).
+    pub powerless: f64,
+    pub grid: f64,
+}
+
+impl LevelHours {
+    /// Adds `hours` at `level` (`None`: grid).
+    pub fn add(&mut self, level: Option<EnergyLevel>, hours: f64) {
+        *match level {
+            Some(EnergyLevel::WellPowered) => &mut self.well_powered,
+            Some(EnergyLevel::Vulnerable) => &mut self.vulnerable,
+            Some(EnergyLevel::LowPowered) => &mut self.low_powered,
+            Some(EnergyLevel::Powerless) => &mut self.powerless,
+            None => &mut self.grid,
+        } += hours;
+    }
+}
+
+/// One point of a run's time series (for plots): sampled every [`SAMPLE_SECONDS`] simulated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    pub t_seconds: f64,
+    /// Total true watts of the cluster.
+    pub watts: f64,
+    /// IT energy since the start.
+    pub energy_kwh: f64,
+    /// Nodes at each true energy level (node counts, grid nodes apart).
+    pub well_powered: usize,
+    pub vulnerable: usize,
+    pub low_powered: usize,
+    pub powerless: usize,
+    pub grid: usize,
+    /// Of the powerless, those browned out (off until their battery recovers).
+    pub browned_out: usize,
+}
+
+pub const SAMPLE_SECONDS: f64 = 60.0;
+
 /// One policy's figures over the seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -50,6 +96,18 @@ pub struct Summary {
     pub node_hours_on: Stat,
     pub node_hours_off: Stat,
     pub evictions: Stat,
+    /// Evictions per simulated hour (each evicted pod is recreated and placed again).
+    pub pods_moved_per_hour: Stat,
+    pub node_hours_well_powered: Stat,
+    pub node_hours_vulnerable: Stat,
+    pub node_hours_low_powered: Stat,
+    pub node_hours_powerless: Stat,
+    pub node_hours_browned_out: Stat,
+    /// Pods killed by brown-outs (back to pending).
+    pub brownout_kills: Stat,
+    /// How many fewer node-hours powerless than serverless-seed's in the same seeds, percent
+    /// (absent without it, or where it had none).
+    pub powerless_fewer_than_seed_percent: Option<Stat>,
     pub boots: Stat,
     pub decisions: Stat,
     pub decisions_per_second: Stat,
@@ -61,6 +119,11 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
     for run in runs {
         by_policy.entry(run.policy).or_default().push(run);
     }
+    let seed_powerless: BTreeMap<u64, f64> = runs
+        .iter()
+        .filter(|r| r.policy == PolicyName::ServerlessSeed)
+        .map(|r| (r.seed, r.outcome.node_hours_by_level.powerless))
+        .collect();
     let kube: BTreeMap<u64, f64> = runs
         .iter()
         .filter(|r| r.policy == PolicyName::KubeDefault)
@@ -92,6 +155,15 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                         .map(|k| 100.0 * (k - r.outcome.energy_kwh) / (k - bound(r)))
                 })
                 .collect();
+            let fewer_powerless: Option<Vec<f64>> = runs
+                .iter()
+                .map(|r| {
+                    seed_powerless
+                        .get(&r.seed)
+                        .filter(|&&s| s > 0.0)
+                        .map(|s| 100.0 * (s - r.outcome.node_hours_by_level.powerless) / s)
+                })
+                .collect();
             Summary {
                 policy,
                 seeds: runs.len(),
@@ -109,6 +181,14 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                 node_hours_on: stat(&|r| r.outcome.node_hours_on),
                 node_hours_off: stat(&|r| r.outcome.node_hours_off),
                 evictions: stat(&|r| r.outcome.evictions as f64),
+                pods_moved_per_hour: stat(&|r| r.outcome.pods_moved_per_hour),
+                node_hours_well_powered: stat(&|r| r.outcome.node_hours_by_level.well_powered),
+                node_hours_vulnerable: stat(&|r| r.outcome.node_hours_by_level.vulnerable),
+                node_hours_low_powered: stat(&|r| r.outcome.node_hours_by_level.low_powered),
+                node_hours_powerless: stat(&|r| r.outcome.node_hours_by_level.powerless),
+                node_hours_browned_out: stat(&|r| r.outcome.node_hours_browned_out),
+                brownout_kills: stat(&|r| r.outcome.brownout_kills as f64),
+                powerless_fewer_than_seed_percent: fewer_powerless.map(|v| Stat::of(&v)),
                 boots: stat(&|r| r.outcome.boots as f64),
                 decisions: stat(&|r| r.outcome.decisions as f64),
                 decisions_per_second: stat(&|r| r.timing.decisions_per_second),
@@ -117,15 +197,17 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
         .collect()
 }
 
+/// `mean ± stdev` with `digits` decimals (no spread shown when there is none).
+fn f(s: Stat, digits: usize) -> String {
+    if s.stdev == 0.0 {
+        format!("{:.*}", digits, s.mean)
+    } else {
+        format!("{:.*} ± {:.*}", digits, s.mean, digits, s.stdev)
+    }
+}
+
 /// A Markdown table of the summaries.
 pub fn table(summaries: &[Summary]) -> String {
-    let f = |s: Stat, digits: usize| {
-        if s.stdev == 0.0 {
-            format!("{:.*}", digits, s.mean)
-        } else {
-            format!("{:.*} ± {:.*}", digits, s.mean, digits, s.stdev)
-        }
-    };
     let mut out = String::from(
         "| policy | IT energy kWh | bound always-on kWh | bound autoscaled kWh | kube→bound gap captured % | saving vs kube % | mean W | peak W | never placed | pending mean s | pending p99 s | node-h on | node-h off | evictions | boots | decisions/s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -150,6 +232,32 @@ pub fn table(summaries: &[Summary]) -> String {
             f(s.evictions, 0),
             f(s.boots, 0),
             f(s.decisions_per_second, 0),
+        );
+    }
+    out
+}
+
+/// A Markdown table of the energy-level figures (for scenarios with battery nodes).
+pub fn levels_table(summaries: &[Summary]) -> String {
+    let mut out = String::from(
+        "| policy | node-h well-powered | node-h vulnerable | node-h low-powered | node-h powerless | of which browned out | fewer powerless than serverless-seed % | pods killed by brown-outs | evictions | pods moved/h |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for s in summaries {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.policy.label(),
+            f(s.node_hours_well_powered, 1),
+            f(s.node_hours_vulnerable, 1),
+            f(s.node_hours_low_powered, 1),
+            f(s.node_hours_powerless, 1),
+            f(s.node_hours_browned_out, 1),
+            s.powerless_fewer_than_seed_percent
+                .map_or("–".into(), |v| f(v, 1)),
+            f(s.brownout_kills, 0),
+            f(s.evictions, 0),
+            f(s.pods_moved_per_hour, 1),
         );
     }
     out

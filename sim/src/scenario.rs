@@ -76,6 +76,45 @@ pub struct NodeGroup {
     /// Default: the server's installed memory.
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// A panel charging the battery (needs `battery`).
+    #[serde(default)]
+    pub solar: Option<SolarPanel>,
+    /// Without one the nodes are on the grid: their agents report no energy level.
+    #[serde(default)]
+    pub battery: Option<BatterySpec>,
+}
+
+/// A solar panel per node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SolarPanel {
+    /// An hourly irradiance file (`hour_of_year,ghi_w_m2`, data/solar/).
+    pub site: PathBuf,
+    /// Rated watts at 1000 W/m².
+    pub panel_watts_peak: f64,
+    /// The site file's hour of year at simulated time 0 (day of year × 24 plus the hour, in
+    /// the file's local standard time).
+    #[serde(default)]
+    pub shift_hours: f64,
+}
+
+/// A battery per node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatterySpec {
+    pub capacity_wh: f64,
+    #[serde(default = "hundred")]
+    pub initial_percent: f64,
+    /// A node whose battery ran empty (browned out) boots again at this charge.
+    #[serde(default = "default_restart_percent")]
+    pub restart_percent: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn default_restart_percent() -> f64 {
+    20.0
 }
 
 fn default_inlet() -> f64 {
@@ -311,6 +350,43 @@ impl Scenario {
             }
             if group.cpu_millicores == Some(0) || group.memory_mib == Some(0) {
                 return bad(&format!("nodes[{i}]"), "capacities must be positive");
+            }
+            if let Some(solar) = &group.solar {
+                if group.battery.is_none() {
+                    return bad(
+                        &format!("nodes[{i}].solar"),
+                        "needs a battery (a panel alone stores nothing)",
+                    );
+                }
+                if !(solar.panel_watts_peak.is_finite() && solar.panel_watts_peak >= 0.0) {
+                    return bad(
+                        &format!("nodes[{i}].solar.panel_watts_peak"),
+                        "must be >= 0",
+                    );
+                }
+                if !solar.shift_hours.is_finite() {
+                    return bad(&format!("nodes[{i}].solar.shift_hours"), "must be a number");
+                }
+            }
+            if let Some(battery) = &group.battery {
+                if !positive(battery.capacity_wh) {
+                    return bad(
+                        &format!("nodes[{i}].battery.capacity_wh"),
+                        "must be positive",
+                    );
+                }
+                if !(0.0..=100.0).contains(&battery.initial_percent) {
+                    return bad(
+                        &format!("nodes[{i}].battery.initial_percent"),
+                        "must be 0..=100",
+                    );
+                }
+                if !(battery.restart_percent > 0.0 && battery.restart_percent <= 100.0) {
+                    return bad(
+                        &format!("nodes[{i}].battery.restart_percent"),
+                        "must be in (0, 100]",
+                    );
+                }
             }
         }
         if let Some(list) = &self.node_list {

@@ -5,9 +5,11 @@
 //! placed less than the start window before the report was observed; a node without one on the
 //! default linear curve from its requested CPU. Decisions are `policy::schedule` itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use wattwise_core::{EnergyLevel, PowerCurve};
+use wattwise_scheduler::policy::offload::{self, BoundPod, OffloadConfig, Owner};
 use wattwise_scheduler::policy::{
     self, utilisation, Decision, Filters, NodePower, NodeState, PodConstraints, PodRequest,
     Resources, ScoreConfig, Snapshot, Unschedulable,
@@ -55,9 +57,25 @@ pub fn pod_request(uid: &str, requests: Requests) -> PodRequest {
     }
 }
 
-/// The scheduler-side state of one node.
+/// A bound pod the offloader may look at.
+pub struct OffloadCandidate<'a> {
+    pub pod: usize,
+    pub node: usize,
+    pub request: &'a PodRequest,
+    /// Since it was bound (its replacement, after a move, is a new pod).
+    pub age_seconds: f64,
+}
+
+fn owner_of(pod: &PodRequest) -> Owner {
+    Owner {
+        kind: "ReplicaSet".into(),
+        namespace: pod.namespace.clone(),
+        name: pod.uid.clone(),
+    }
+}
+
+/// The scheduler-side bookkeeping of one node beside its `NodeState`.
 struct Row {
-    state: NodeState,
     /// The latest report and when it was observed.
     report: Option<(f64, Report)>,
     /// Pods placed here (placed at, CPU), newest last, until a report observed a start window
@@ -67,7 +85,10 @@ struct Row {
 
 pub struct SchedulerView {
     snapshot: Snapshot,
+    /// Each node as the cache holds it (what the offloader's planner reads).
+    states: Vec<NodeState>,
     rows: Vec<Row>,
+    index: HashMap<String, usize>,
     default_curve: PowerCurve,
     stale_after: f64,
     start_window: f64,
@@ -82,38 +103,44 @@ impl SchedulerView {
     pub fn new(nodes: &[(String, Requests)], stale_after: f64, start_window: f64) -> Self {
         let default_curve = PowerCurve::linear(DEFAULT_IDLE_WATTS, DEFAULT_PEAK_WATTS)
             .expect("the default curve is valid");
-        let rows: Vec<Row> = nodes
+        let states: Vec<NodeState> = nodes
             .iter()
-            .map(|(name, capacity)| Row {
-                state: NodeState {
-                    name: name.clone(),
-                    labels: BTreeMap::new(),
-                    unschedulable: false,
-                    ready: false,
-                    taints: Vec::new(),
-                    allocatable: Resources {
-                        cpu_millicores: capacity.cpu_millicores,
-                        memory_bytes: capacity.memory_mib << 20,
-                        pods: MAX_PODS,
-                        ..Resources::default()
-                    },
-                    requested: Resources::default(),
-                    used_host_ports: Vec::new(),
-                    power: NodePower {
-                        curve: default_curve.clone(),
-                        utilisation: 0.0,
-                        capacity_millicores: capacity.cpu_millicores,
-                        fresh: false,
-                        energy: None,
-                    },
+            .map(|(name, capacity)| NodeState {
+                name: name.clone(),
+                labels: BTreeMap::new(),
+                unschedulable: false,
+                ready: false,
+                taints: Vec::new(),
+                allocatable: Resources {
+                    cpu_millicores: capacity.cpu_millicores,
+                    memory_bytes: capacity.memory_mib << 20,
+                    pods: MAX_PODS,
+                    ..Resources::default()
                 },
+                requested: Resources::default(),
+                used_host_ports: Vec::new(),
+                power: NodePower {
+                    curve: default_curve.clone(),
+                    utilisation: 0.0,
+                    capacity_millicores: capacity.cpu_millicores,
+                    fresh: false,
+                    energy: None,
+                },
+            })
+            .collect();
+        let rows = nodes
+            .iter()
+            .map(|_| Row {
                 report: None,
                 recent: Vec::new(),
             })
             .collect();
-        let states: Vec<NodeState> = rows.iter().map(|r| r.state.clone()).collect();
         Self {
             snapshot: Snapshot::new(&states),
+            index: (nodes.iter().enumerate())
+                .map(|(i, (name, _))| (name.clone(), i))
+                .collect(),
+            states,
             rows,
             default_curve,
             stale_after,
@@ -136,35 +163,28 @@ impl SchedulerView {
 
     /// The node powered on (ready) or off.
     pub fn set_ready(&mut self, node: usize, ready: bool) {
-        let row = &mut self.rows[node];
-        row.state.ready = ready;
+        self.states[node].ready = ready;
         if !ready {
+            let row = &mut self.rows[node];
             row.report = None;
             row.recent.clear();
         }
         self.rewrite(node);
     }
 
-    pub fn set_energy(&mut self, node: usize, energy: Option<EnergyLevel>) {
-        if self.rows[node].state.power.energy != energy {
-            self.rows[node].state.power.energy = energy;
-            self.refresh_power(node, None);
-        }
-    }
-
     /// Pod `pod` bound to `node` at `now`.
     pub fn bind(&mut self, node: usize, pod: usize, request: &PodRequest, now: f64) {
-        let row = &mut self.rows[node];
-        row.state.requested.add(&request.requests);
-        row.recent.push((now, request.pricing_cpu_millicores, pod));
+        self.states[node].requested.add(&request.requests);
+        self.rows[node]
+            .recent
+            .push((now, request.pricing_cpu_millicores, pod));
         self.update_usage(node, now);
     }
 
     /// Pod `pod` left `node` (finished or evicted).
     pub fn unbind(&mut self, node: usize, pod: usize, request: &PodRequest, now: f64) {
-        let row = &mut self.rows[node];
-        row.state.requested.subtract(&request.requests);
-        row.recent.retain(|&(_, _, p)| p != pod);
+        self.states[node].requested.subtract(&request.requests);
+        self.rows[node].recent.retain(|&(_, _, p)| p != pod);
         self.update_usage(node, now);
     }
 
@@ -179,13 +199,71 @@ impl SchedulerView {
 
     /// Brings node `node`'s freshness to `now` (a report may have gone stale).
     pub fn expire(&mut self, node: usize, now: f64) {
-        if self.rows[node].state.power.fresh {
+        if self.states[node].power.fresh {
             self.refresh_power(node, Some(now));
         }
     }
 
+    /// Whether `node` passes wattwise's filters for `pod` now (a reserved target still fits).
+    pub fn admits(&self, pod: &PodRequest, node: usize) -> bool {
+        policy::feasible(pod, &self.snapshot, &self.filters).contains(&node)
+    }
+
+    /// The energy level the scheduler holds for `node` (`None`: unknown).
+    pub fn energy(&self, node: usize) -> Option<EnergyLevel> {
+        self.states[node].power.energy
+    }
+
+    /// One pass of the offloader's planner (`offload::plan`, the scheduler's own) over the
+    /// nodes as the scheduler holds them and `pods`: (pod, target node) per planned move, in
+    /// the plan's order. Every simulated pod counts as owned by a ReplicaSet of its own (the
+    /// trace has no owners, and each pod stands for a replica its controller recreates).
+    pub fn plan_offload(
+        &self,
+        pods: &[OffloadCandidate<'_>],
+        config: &OffloadConfig,
+        cooling_down: &BTreeSet<String>,
+    ) -> Vec<(usize, usize)> {
+        let bound: Vec<BoundPod> = pods
+            .iter()
+            .map(|c| BoundPod {
+                request: c.request.clone(),
+                node: self.states[c.node].name.clone(),
+                owner: Some(owner_of(&c.request)),
+                age: Duration::from_secs_f64(c.age_seconds.max(0.0)),
+                mirror: false,
+                local_storage: false,
+                opted_out: false,
+            })
+            .collect();
+        let cooling: BTreeSet<Owner> = pods
+            .iter()
+            .filter(|c| cooling_down.contains(&c.request.uid))
+            .map(|c| owner_of(&c.request))
+            .collect();
+        let plan = offload::plan(&self.states, &bound, &self.score, config, &cooling);
+        let by_uid: HashMap<&str, usize> = pods
+            .iter()
+            .map(|c| (c.request.uid.as_str(), c.pod))
+            .collect();
+        plan.moves
+            .iter()
+            .filter_map(|m| Some((*by_uid.get(m.uid.as_str())?, *self.index.get(&m.to)?)))
+            .collect()
+    }
+
+    /// Whether the planner would look at pods on `node` under `config`: its level (unknown
+    /// taken as the score config does) at or below the candidates' level.
+    pub fn weakly_powered(&self, node: usize, config: &OffloadConfig) -> bool {
+        self.states[node]
+            .power
+            .energy
+            .unwrap_or(self.score.unknown_energy)
+            <= config.at_or_below
+    }
+
     fn update_usage(&mut self, node: usize, now: f64) {
-        let state = &self.rows[node].state;
+        let state = &self.states[node];
         self.snapshot.set_usage(
             node,
             &state.allocatable,
@@ -197,35 +275,40 @@ impl SchedulerView {
 
     fn rewrite(&mut self, node: usize) {
         self.refresh_power_row(node, None);
-        self.snapshot.set(node, &self.rows[node].state);
+        self.snapshot.set(node, &self.states[node]);
     }
 
     fn refresh_power(&mut self, node: usize, now: Option<f64>) {
         self.refresh_power_row(node, now);
-        self.snapshot.set_power(node, &self.rows[node].state.power);
+        self.snapshot.set_power(node, &self.states[node].power);
     }
 
-    /// The cache's rule (module docs); `now: None` keeps the freshness as it is.
+    /// The cache's rule (module docs); `now: None` keeps the freshness as it is. The energy
+    /// level comes with a fresh report and goes with it, as in the cache (no operator labels
+    /// here).
     fn refresh_power_row(&mut self, node: usize, now: Option<f64>) {
-        let row = &mut self.rows[node];
-        let capacity = row.state.allocatable.cpu_millicores;
+        let row = &self.rows[node];
+        let state = &mut self.states[node];
+        let capacity = state.allocatable.cpu_millicores;
         let fresh = match (now, &row.report) {
             (_, None) => false,
             (Some(now), Some((observed, _))) => now <= observed + self.stale_after,
-            (None, Some(_)) => row.state.power.fresh,
+            (None, Some(_)) => state.power.fresh,
         };
-        let power = &mut row.state.power;
+        let power = &mut state.power;
         match row.report.as_ref().filter(|_| fresh) {
             Some((_, report)) => {
                 let unmeasured: u64 = row.recent.iter().map(|&(_, cpu, _)| cpu).sum();
                 power.curve = report.curve.clone();
                 power.utilisation = utilisation(report.utilisation, unmeasured, capacity);
                 power.fresh = true;
+                power.energy = report.energy;
             }
             None => {
                 power.curve = self.default_curve.clone();
-                power.utilisation = utilisation(0.0, row.state.requested.cpu_millicores, capacity);
+                power.utilisation = utilisation(0.0, state.requested.cpu_millicores, capacity);
                 power.fresh = false;
+                power.energy = None;
             }
         }
         power.capacity_millicores = capacity;
@@ -245,6 +328,7 @@ mod tests {
         Report {
             curve: PowerCurve::linear(50.0, 150.0).unwrap(),
             utilisation: u,
+            energy: None,
         }
     }
 
