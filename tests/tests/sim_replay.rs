@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
 use wattwise_core::{EnergyLevel, MarginalWatts};
-use wattwise_sim::agent::Models;
+use wattwise_sim::agent::{Models, Report};
 use wattwise_sim::scenario::Scenario;
 use wattwise_sim::view::{pod_request, Requests, SchedulerView};
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
@@ -91,24 +91,24 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
         .collect();
     let mut view = SchedulerView::new(&capacities, START_WINDOW_SECONDS, START_WINDOW_SECONDS);
     let mut rng = StdRng::seed_from_u64(SEED);
+    let noise = scenario.reports.sensor_noise;
     let levels = initial_levels();
     let mut specs = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
-        let h = &node.hardware;
-        let report = agents[i].cycle(0.0, h.watts(0.0), scenario.reports.sensor_noise, &mut rng);
-        let mut spec = NodePowerSpec {
-            capacity_millicores: h.cpu_millicores,
-            utilisation: report.utilisation,
-            curve: report.curve.points().to_vec(),
-            energy: None,
-        };
+        let percent = levels.get(node.name.as_str()).map(|&(_, p)| p);
+        let report = agents[i].cycle(0.0, node.hardware.watts(0.0), percent, noise, &mut rng);
+        assert_eq!(
+            report.energy,
+            levels.get(node.name.as_str()).map(|&(l, _)| l),
+            "{}: the agent's level for {percent:?} %",
+            node.name
+        );
         view.set_ready(i, true);
-        if let Some(&(level, percent)) = levels.get(node.name.as_str()) {
-            spec = spec.energy(level.to_proto(), percent);
-            view.set_energy(i, Some(level));
-        }
+        specs.insert(
+            node.name.clone(),
+            spec_of(&report, node.hardware.cpu_millicores, percent),
+        );
         view.report(i, report, 0.0);
-        specs.insert(node.name.clone(), spec);
     }
 
     // The scheduler's side: the same nodes, the same reports kept fresh by a pump.
@@ -149,13 +149,22 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
             Step::Arrive(i) => {
                 arrived += 1;
                 if arrived == PODS / 2 {
-                    // Half-way, one node's level changes, as its battery charges.
+                    // Half-way, one node's battery charges: its agent reports again (the same
+                    // curve unless the reading taught the calibrator something; either way both
+                    // sides get the report).
                     let (name, level, percent) = CHANGED;
-                    let spec = specs[name].clone().energy(level.to_proto(), percent);
-                    pump.set(name, spec);
-                    wait_level(&client, name, level).await?;
                     let index = nodes.iter().position(|n| n.name == name).context(name)?;
-                    view.set_energy(index, Some(level));
+                    let h = &nodes[index].hardware;
+                    let report =
+                        agents[index].cycle(0.0, h.watts(0.0), Some(percent), noise, &mut rng);
+                    assert_eq!(
+                        report.energy,
+                        Some(level),
+                        "{name}: the agent's level at {percent} %"
+                    );
+                    pump.set(name, spec_of(&report, h.cpu_millicores, Some(percent)));
+                    wait_level(&client, name, level).await?;
+                    view.report(index, report, now);
                 }
                 let pod = &trace[i];
                 let created = pods
@@ -230,6 +239,19 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
     );
     drop(pump);
     Ok(())
+}
+
+/// What the node's agent says in `report`, as the scheduler receives it.
+fn spec_of(report: &Report, capacity_millicores: u64, percent: Option<f64>) -> NodePowerSpec {
+    NodePowerSpec {
+        capacity_millicores,
+        utilisation: report.utilisation,
+        curve: report.curve.points().to_vec(),
+        energy: report
+            .energy
+            .zip(percent)
+            .map(|(level, percent)| (level.to_proto(), percent)),
+    }
 }
 
 /// A pod of the trace as the scheduler gets it: one container requesting the trace's CPU and
