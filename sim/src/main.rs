@@ -1,4 +1,4 @@
-//! `wattwise-sim SCENARIO.yaml [--json [--series]] [--seeds 1,2,3]`: runs every policy of the scenario under
+//! `wattwise-sim SCENARIO.yaml [--json [--series]] [--plots DIR] [--seeds 1,2,3]`: runs every policy of the scenario under
 //! every seed and prints the figures per policy (mean ± stdev over seeds).
 
 use std::io::IsTerminal;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use wattwise_sim::{report, scenario::Scenario, simulate};
+use wattwise_sim::{plot, report, scenario::Scenario, simulate};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -20,6 +20,9 @@ struct Args {
     /// kWh, nodes per true energy level), for plots.
     #[arg(long)]
     series: bool,
+    /// Write PNG plots of the first seed (power, cumulative energy, energy levels) into DIR.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
     /// Override the scenario's seeds (comma-separated).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
@@ -45,6 +48,12 @@ fn main() -> anyhow::Result<()> {
         wattwise_sim::scenario::PowerManagement::Autoscaler { .. }
     );
     let summaries = report::summarise(&runs, autoscaled);
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for file in plot::scenario(dir, &scenario.name, &runs)? {
+            tracing::info!(file = %file.display(), "plot written");
+        }
+    }
     if args.json {
         let runs: Vec<_> = runs
             .iter()

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::Run;
+
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 use thiserror::Error;
@@ -172,6 +174,72 @@ pub fn levels(file: &Path, title: &str, panels: &[LevelPanel]) -> Result<(), Plo
         }
         Ok(())
     })
+}
+
+/// The scenario's plots for the first seed of `runs`, written into `dir` as `<name>-power.png`,
+/// `<name>-energy.png` and, when some node has a battery, `<name>-levels.png`; returns the files.
+pub fn scenario(dir: &Path, name: &str, runs: &[Run]) -> Result<Vec<PathBuf>, PlotError> {
+    let Some(seed) = runs.first().map(|r| r.seed) else {
+        return Ok(Vec::new());
+    };
+    let runs: Vec<&Run> = runs.iter().filter(|r| r.seed == seed).collect();
+    if let Some(r) = runs.iter().find(|r| r.outcome.series.len() < 2) {
+        return Err(PlotError {
+            file: dir.to_path_buf(),
+            message: format!("{} recorded no time series to plot", r.policy.label()),
+        });
+    }
+    let hours = |t: f64| t / 3600.0;
+    let line = |r: &Run, value: fn(&crate::report::Sample) -> f64| Line {
+        label: r.policy.label().to_string(),
+        points: r
+            .outcome
+            .series
+            .iter()
+            .map(|s| (hours(s.t_seconds), value(s)))
+            .collect(),
+    };
+    let mut files = Vec::new();
+    let power = dir.join(format!("{name}-power.png"));
+    let watts: Vec<Line> = runs.iter().map(|r| line(r, |s| s.watts)).collect();
+    lines(
+        &power,
+        &format!("{name}: cluster power (seed {seed})"),
+        "W",
+        &watts,
+    )?;
+    files.push(power);
+    let energy = dir.join(format!("{name}-energy.png"));
+    let kwh: Vec<Line> = runs.iter().map(|r| line(r, |s| s.energy_kwh)).collect();
+    let title = format!("{name}: cumulative IT energy (seed {seed})");
+    lines(&energy, &title, "kWh", &kwh)?;
+    files.push(energy);
+    let batteries = runs
+        .iter()
+        .flat_map(|r| &r.outcome.series)
+        .any(|s| s.well_powered + s.vulnerable + s.low_powered + s.powerless > 0);
+    if batteries {
+        let panels: Vec<LevelPanel> = runs
+            .iter()
+            .map(|r| LevelPanel {
+                label: r.policy.label().to_string(),
+                samples: r
+                    .outcome
+                    .series
+                    .iter()
+                    .map(|s| {
+                        let counts = [s.powerless, s.low_powered, s.vulnerable, s.well_powered];
+                        (hours(s.t_seconds), counts.map(|c| c as f64))
+                    })
+                    .collect(),
+            })
+            .collect();
+        let levels_png = dir.join(format!("{name}-levels.png"));
+        let title = format!("{name}: battery nodes per true energy level (seed {seed})");
+        levels(&levels_png, &title, &panels)?;
+        files.push(levels_png);
+    }
+    Ok(files)
 }
 
 fn draw(

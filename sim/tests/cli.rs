@@ -1,5 +1,5 @@
 //! The `wattwise-sim` binary as the README and docs/evaluation.md tell users to run it: a
-//! committed scenario in, a table or JSON out; a bad scenario gives an error naming the file and
+//! committed scenario in, a table or JSON out, PNG plots on request; a bad scenario gives an error naming the file and
 //! field, and a non-zero exit.
 
 use std::path::{Path, PathBuf};
@@ -54,12 +54,34 @@ fn the_trace_scenario_runs_every_policy_and_reports_json_and_a_table() {
         assert_eq!(o["pods"], 300, "{run}");
     }
 
-    let table = sim(&["sim/scenarios/example-trace.yaml", "--seeds", "1"]);
+    let plots = tempfile::tempdir().unwrap();
+    let dir = plots.path().join("plots");
+    let table = sim(&[
+        "sim/scenarios/example-trace.yaml",
+        "--seeds",
+        "1",
+        "--plots",
+        dir.to_str().unwrap(),
+    ]);
     assert!(table.status.success(), "{}", text(&table.stderr));
     let table = text(&table.stdout);
     for policy in policies {
         assert!(table.contains(policy), "{policy} missing:\n{table}");
     }
+    for chart in ["power", "energy"] {
+        let file = dir.join(format!("example-trace-{chart}.png"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(
+            &bytes[..8],
+            b"\x89PNG\r\n\x1a\n",
+            "{} is a PNG",
+            file.display()
+        );
+    }
+    assert!(
+        !dir.join("example-trace-levels.png").exists(),
+        "no battery, no levels chart"
+    );
 }
 
 #[test]
