@@ -7,7 +7,7 @@ use wattwise_scheduler::policy::PodRequest;
 
 use crate::solar::Storage;
 use crate::specpower::SpecServer;
-use crate::view::Requests;
+use crate::view::{Capacity, Requests};
 use crate::workload::TracePod;
 
 /// kube's requests for pods that request nothing (NonZeroRequested): 100 m CPU, 200 MB memory.
@@ -20,7 +20,12 @@ pub struct Hardware {
     pub inlet_celsius: f64,
     pub cpu_millicores: u64,
     pub memory_mib: u64,
+    /// The kubelet's `maxPods`.
+    pub max_pods: u64,
 }
+
+/// The kubelet's default `maxPods`.
+pub const KUBELET_MAX_PODS: u64 = 110;
 
 impl Hardware {
     /// True watts at utilisation `u`: the published curve at the node's inlet temperature.
@@ -30,6 +35,14 @@ impl Hardware {
 
     pub fn peak_watts(&self) -> f64 {
         self.watts(1.0)
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            cpu_millicores: self.cpu_millicores,
+            memory_mib: self.memory_mib,
+            pods: self.max_pods,
+        }
     }
 }
 

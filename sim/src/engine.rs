@@ -21,7 +21,7 @@ use crate::cluster::{Cluster, PodPhase, PowerState, SimNode, SimPod};
 use crate::policy::{Eviction, Placement};
 use crate::report::{LevelHours, Sample, SAMPLE_SECONDS};
 use crate::scenario::{PowerManagement, Reports};
-use crate::view::{pod_request, Requests, SchedulerView};
+use crate::view::{pod_request, Capacity, Requests, SchedulerView};
 use crate::workload::TracePod;
 
 /// What one run needs besides the policy.
@@ -255,18 +255,10 @@ fn state_slot(state: PowerState) -> usize {
 /// Runs `setup` under `policy`.
 pub fn run(setup: Setup, policy: &mut dyn Placement) -> (Outcome, Timing) {
     let started = Instant::now();
-    let capacities: Vec<(String, Requests)> = setup
+    let capacities: Vec<(String, Capacity)> = setup
         .nodes
         .iter()
-        .map(|n| {
-            (
-                n.name.clone(),
-                Requests {
-                    cpu_millicores: n.hardware.cpu_millicores,
-                    memory_mib: n.hardware.memory_mib,
-                },
-            )
-        })
+        .map(|n| (n.name.clone(), n.hardware.capacity()))
         .collect();
     let view = SchedulerView::new(
         &capacities,
@@ -887,6 +879,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::Hardware;
+    use crate::cluster::KUBELET_MAX_PODS;
     use crate::policy::PolicyName;
     use crate::specpower::by_result_id;
 
@@ -898,6 +891,7 @@ mod tests {
             inlet_celsius: 23.0,
             cpu_millicores: 12_000,
             memory_mib: 16_384,
+            max_pods: KUBELET_MAX_PODS,
         };
         SimNode::new("n".into(), hardware)
     }

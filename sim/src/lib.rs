@@ -100,6 +100,7 @@ pub fn nodes(scenario: &Scenario) -> Result<Vec<SimNode>, SimError> {
             let hardware = Hardware {
                 cpu_millicores: group.cpu_millicores.unwrap_or(spec.threads as u64 * 1000),
                 memory_mib: group.memory_mib.unwrap_or((spec.memory_gb * 1024.0) as u64),
+                max_pods: group.max_pods,
                 spec: spec.clone(),
                 inlet_celsius: group.inlet_celsius,
             };
@@ -117,6 +118,7 @@ pub fn nodes(scenario: &Scenario) -> Result<Vec<SimNode>, SimError> {
                 inlet_celsius: list.inlet_celsius,
                 cpu_millicores: node.cpu_millicores,
                 memory_mib: node.memory_mib,
+                max_pods: list.max_pods,
             };
             nodes.push(SimNode::new(node.name, hardware));
         }

@@ -457,6 +457,7 @@ mod tests {
 
     use super::*;
     use crate::agent::Report;
+    use crate::cluster::KUBELET_MAX_PODS;
     use crate::cluster::{Hardware, PodPhase};
     use crate::specpower::by_result_id;
     use crate::view::{pod_request, Requests};
@@ -499,6 +500,7 @@ mod tests {
                 let hardware = Hardware {
                     cpu_millicores: cpu.unwrap_or(spec.threads as u64 * 1000),
                     memory_mib: 32_768,
+                    max_pods: KUBELET_MAX_PODS,
                     spec,
                     inlet_celsius: 23.0,
                 };
@@ -507,16 +509,7 @@ mod tests {
             .collect();
         let capacities: Vec<_> = nodes
             .iter()
-            .map(|n| {
-                let h = &n.hardware;
-                (
-                    n.name.clone(),
-                    Requests {
-                        cpu_millicores: h.cpu_millicores,
-                        memory_mib: h.memory_mib,
-                    },
-                )
-            })
+            .map(|n| (n.name.clone(), n.hardware.capacity()))
             .collect();
         let mut view = SchedulerView::new(&capacities, 30.0, 30.0);
         for i in 0..nodes.len() {

@@ -76,6 +76,9 @@ pub struct NodeGroup {
     /// Default: the server's installed memory.
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// The kubelet's `maxPods` (default 110, the kubelet's own default).
+    #[serde(default = "default_max_pods")]
+    pub max_pods: u64,
     /// A panel charging the battery (needs `battery`).
     #[serde(default)]
     pub solar: Option<SolarPanel>,
@@ -129,6 +132,9 @@ pub struct NodeList {
     pub hardware: Vec<String>,
     #[serde(default = "default_inlet")]
     pub inlet_celsius: f64,
+    /// The kubelet's `maxPods` on every listed node (default 110).
+    #[serde(default = "default_max_pods")]
+    pub max_pods: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +296,9 @@ fn default_model() -> PathBuf {
         env!("CARGO_MANIFEST_DIR"),
         "/../models/generic.onnx"
     ))
+}
+fn default_max_pods() -> u64 {
+    crate::cluster::KUBELET_MAX_PODS
 }
 fn yes() -> bool {
     true

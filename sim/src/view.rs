@@ -21,8 +21,6 @@ use crate::agent::Report;
 const DEFAULT_IDLE_WATTS: f64 = 100.0;
 const DEFAULT_PEAK_WATTS: f64 = 300.0;
 const DEFAULT_CPU_MILLICORES: u64 = 100;
-/// kube's default `pods` allocatable.
-const MAX_PODS: u64 = 110;
 
 /// A pod's requests, as the simulation knows them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,6 +72,15 @@ fn owner_of(pod: &PodRequest) -> Owner {
     }
 }
 
+/// What a node can hold, as its allocatable says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub cpu_millicores: u64,
+    pub memory_mib: u64,
+    /// The kubelet's `maxPods`.
+    pub pods: u64,
+}
+
 /// The scheduler-side bookkeeping of one node beside its `NodeState`.
 struct Row {
     /// The latest report and when it was observed.
@@ -99,8 +106,8 @@ pub struct SchedulerView {
 }
 
 impl SchedulerView {
-    /// Nodes named `names` with (CPU millicores, memory MiB), all not ready until powered on.
-    pub fn new(nodes: &[(String, Requests)], stale_after: f64, start_window: f64) -> Self {
+    /// Nodes named `names` with their capacity, all not ready until powered on.
+    pub fn new(nodes: &[(String, Capacity)], stale_after: f64, start_window: f64) -> Self {
         let default_curve = PowerCurve::linear(DEFAULT_IDLE_WATTS, DEFAULT_PEAK_WATTS)
             .expect("the default curve is valid");
         let states: Vec<NodeState> = nodes
@@ -114,7 +121,7 @@ impl SchedulerView {
                 allocatable: Resources {
                     cpu_millicores: capacity.cpu_millicores,
                     memory_bytes: capacity.memory_mib << 20,
-                    pods: MAX_PODS,
+                    pods: capacity.pods,
                     ..Resources::default()
                 },
                 requested: Resources::default(),
@@ -341,9 +348,10 @@ mod tests {
         let mut view = SchedulerView::new(
             &[(
                 "a".into(),
-                Requests {
+                Capacity {
                     cpu_millicores: 4000,
                     memory_mib: 8192,
+                    pods: 110,
                 },
             )],
             30.0,
@@ -372,5 +380,29 @@ mod tests {
         assert_eq!(view.feasible(&pod), [0]);
         view.set_ready(0, false);
         assert!(view.feasible(&pod).is_empty());
+    }
+
+    #[test]
+    fn a_node_takes_no_more_pods_than_its_max_pods() {
+        let capacity = Capacity {
+            cpu_millicores: 64_000,
+            memory_mib: 65_536,
+            pods: 2,
+        };
+        let mut view = SchedulerView::new(&[("a".into(), capacity)], 30.0, 30.0);
+        view.set_ready(0, true);
+        let small = Requests {
+            cpu_millicores: 100,
+            memory_mib: 64,
+        };
+        for pod in 0..2 {
+            let request = pod_request(&format!("p{pod}"), small);
+            assert_eq!(view.feasible(&request), [0]);
+            view.bind(0, pod, &request, 1.0);
+        }
+        assert!(
+            view.feasible(&pod_request("p2", small)).is_empty(),
+            "the third pod"
+        );
     }
 }

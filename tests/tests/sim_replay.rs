@@ -18,7 +18,7 @@ use serde_json::json;
 use wattwise_core::{EnergyLevel, MarginalWatts};
 use wattwise_sim::agent::{Models, Report};
 use wattwise_sim::scenario::Scenario;
-use wattwise_sim::view::{pod_request, Requests, SchedulerView};
+use wattwise_sim::view::{pod_request, Capacity, Requests, SchedulerView};
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::manifests::repo_dir;
 use wattwise_testenv::pods::{events_of, NS};
@@ -78,16 +78,9 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
     assert!(departures > 0, "the replay exercises departures");
 
     // The simulator's side: its view of the nodes, reported on once at t = 0 by their agents.
-    let capacities: Vec<(String, Requests)> = nodes
+    let capacities: Vec<(String, Capacity)> = nodes
         .iter()
-        .map(|n| {
-            let h = &n.hardware;
-            let capacity = Requests {
-                cpu_millicores: h.cpu_millicores,
-                memory_mib: h.memory_mib,
-            };
-            (n.name.clone(), capacity)
-        })
+        .map(|n| (n.name.clone(), n.hardware.capacity()))
         .collect();
     let mut view = SchedulerView::new(&capacities, START_WINDOW_SECONDS, START_WINDOW_SECONDS);
     let mut rng = StdRng::seed_from_u64(SEED);
@@ -115,8 +108,10 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
     let plane = ControlPlane::start().await?;
     let client = plane.client().await?;
     for node in &nodes {
-        let mut fake = FakeNode::new(&node.name).cpu(node.hardware.cpu_millicores);
-        fake.memory_bytes = node.hardware.memory_mib << 20;
+        let capacity = node.hardware.capacity();
+        let mut fake = FakeNode::new(&node.name).cpu(capacity.cpu_millicores);
+        fake.memory_bytes = capacity.memory_mib << 20;
+        fake.pods = u32::try_from(capacity.pods)?;
         plane.create_ready_node(&fake).await?;
     }
     let config = TEST_CONFIG.replace(
