@@ -229,7 +229,7 @@ impl SchedulerView {
             .map(|c| BoundPod {
                 request: c.request.clone(),
                 node: self.states[c.node].name.clone(),
-                owner: Some(owner_of(&c.request)),
+                owner: Some(owner_of(c.request)),
                 age: Duration::from_secs_f64(c.age_seconds.max(0.0)),
                 mirror: false,
                 local_storage: false,
@@ -239,7 +239,7 @@ impl SchedulerView {
         let cooling: BTreeSet<Owner> = pods
             .iter()
             .filter(|c| cooling_down.contains(&c.request.uid))
-            .map(|c| owner_of(&c.request))
+            .map(|c| owner_of(c.request))
             .collect();
         let plan = offload::plan(&self.states, &bound, &self.score, config, &cooling);
         let by_uid: HashMap<&str, usize> = pods
