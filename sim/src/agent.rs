@@ -241,4 +241,51 @@ mod tests {
             "calibration improved the curve"
         );
     }
+
+    #[test]
+    fn reports_carry_the_battery_level_through_the_agents_hysteresis() {
+        let server = by_result_id("power_ssj2008-20181125-00869").unwrap();
+        let model = Models::default()
+            .for_server(&model_path(), &server, true)
+            .unwrap();
+        let mut agent = Agent::new("n1", model, 23.0).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut level = |percent: Option<f64>| {
+            agent
+                .cycle(
+                    0.5,
+                    server.watts_at_inlet(0.5, 23.0),
+                    percent,
+                    0.0,
+                    &mut rng,
+                )
+                .energy
+        };
+        use EnergyLevel::*;
+        // The default band is 2 points: a level changes only 2 points past its range.
+        let seen: Vec<_> = [
+            80.0, 74.0, 72.9, 76.0, 77.1, 39.0, 37.9, 14.0, 12.9, 16.5, 17.1,
+        ]
+        .into_iter()
+        .map(|p| level(Some(p)))
+        .collect();
+        assert_eq!(
+            seen,
+            [
+                WellPowered,
+                WellPowered,
+                Vulnerable,
+                Vulnerable,
+                WellPowered,
+                LowPowered,
+                LowPowered,
+                LowPowered,
+                Powerless,
+                Powerless,
+                LowPowered
+            ]
+            .map(Some)
+        );
+        assert_eq!(level(None), None, "no battery: no level");
+    }
 }

@@ -255,86 +255,94 @@ fn state_slot(state: PowerState) -> usize {
 /// Runs `setup` under `policy`.
 pub fn run(setup: Setup, policy: &mut dyn Placement) -> (Outcome, Timing) {
     let started = Instant::now();
-    let capacities: Vec<(String, Capacity)> = setup
-        .nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.hardware.capacity()))
-        .collect();
-    let view = SchedulerView::new(
-        &capacities,
-        setup.reports.stale_after_seconds,
-        setup.reports.start_window_seconds,
-    );
-    let pods = setup
-        .pods
-        .into_iter()
-        .zip(&setup.shares)
-        .map(|(trace, &share)| {
-            let requests = Requests {
-                cpu_millicores: trace.cpu_millicores,
-                memory_mib: trace.memory_mib,
-            };
-            SimPod {
-                request: pod_request(&trace.name, requests),
-                remaining: trace.lifetime,
-                trace,
-                share,
-                requests,
-                phase: PodPhase::Done,
-                generation: 0,
-            }
-        })
-        .collect::<Vec<_>>();
-    let nodes = setup.nodes.len();
-    let nodes_for_bounds = setup.nodes.clone();
-    let mut engine = Engine {
-        cluster: Cluster {
-            nodes: setup.nodes,
-            pods,
-        },
-        agents: setup.agents.filter(|_| policy.reads_reports()),
-        view,
-        policy,
-        queue: BinaryHeap::new(),
-        seq: 0,
-        now: 0.0,
-        pending: VecDeque::new(),
-        retry_scheduled: false,
-        rng: StdRng::seed_from_u64(setup.seed),
-        noise_rng: StdRng::seed_from_u64(setup.seed ^ crate::stream::SENSOR_NOISE),
-        reports: setup.reports,
-        power: setup.power,
-        pod_start_seconds: setup.pod_start_seconds,
-        watts: vec![0.0; nodes],
-        total_watts: 0.0,
-        last_t: 0.0,
-        energy_joules: 0.0,
-        peak_watts: 0.0,
-        states: [0; 4],
-        state_seconds: [0.0; 4],
-        waits: Vec::new(),
-        evictions: 0,
-        brownout_kills: 0,
-        boots: 0,
-        decisions: 0,
-        node_joules: vec![0.0; nodes],
-        node_since: vec![0.0; nodes],
-        batteries_at: 0.0,
-        level_hours: LevelHours::default(),
-        series: Vec::new(),
-        bounds: Bounds::new(&nodes_for_bounds).expect("validated nodes"),
-    };
-    engine.start();
-    engine.run_until(setup.duration);
+    let duration = setup.duration;
+    let mut engine = Engine::new(setup, policy);
+    engine.run_until(duration);
     let wall = started.elapsed().as_secs_f64();
     let decisions = engine.decisions;
     (
-        engine.outcome(setup.duration),
+        engine.outcome(duration),
         Timing {
             wall_seconds: wall,
             decisions_per_second: decisions as f64 / wall.max(1e-9),
         },
     )
+}
+
+impl<'p> Engine<'p> {
+    fn new(setup: Setup, policy: &'p mut dyn Placement) -> Self {
+        let capacities: Vec<(String, Capacity)> = setup
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.hardware.capacity()))
+            .collect();
+        let view = SchedulerView::new(
+            &capacities,
+            setup.reports.stale_after_seconds,
+            setup.reports.start_window_seconds,
+        );
+        let pods = setup
+            .pods
+            .into_iter()
+            .zip(&setup.shares)
+            .map(|(trace, &share)| {
+                let requests = Requests {
+                    cpu_millicores: trace.cpu_millicores,
+                    memory_mib: trace.memory_mib,
+                };
+                SimPod {
+                    request: pod_request(&trace.name, requests),
+                    remaining: trace.lifetime,
+                    trace,
+                    share,
+                    requests,
+                    phase: PodPhase::Done,
+                    generation: 0,
+                }
+            })
+            .collect::<Vec<_>>();
+        let nodes = setup.nodes.len();
+        let nodes_for_bounds = setup.nodes.clone();
+        let mut engine = Engine {
+            cluster: Cluster {
+                nodes: setup.nodes,
+                pods,
+            },
+            agents: setup.agents.filter(|_| policy.reads_reports()),
+            view,
+            policy,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0.0,
+            pending: VecDeque::new(),
+            retry_scheduled: false,
+            rng: StdRng::seed_from_u64(setup.seed),
+            noise_rng: StdRng::seed_from_u64(setup.seed ^ crate::stream::SENSOR_NOISE),
+            reports: setup.reports,
+            power: setup.power,
+            pod_start_seconds: setup.pod_start_seconds,
+            watts: vec![0.0; nodes],
+            total_watts: 0.0,
+            last_t: 0.0,
+            energy_joules: 0.0,
+            peak_watts: 0.0,
+            states: [0; 4],
+            state_seconds: [0.0; 4],
+            waits: Vec::new(),
+            evictions: 0,
+            brownout_kills: 0,
+            boots: 0,
+            decisions: 0,
+            node_joules: vec![0.0; nodes],
+            node_since: vec![0.0; nodes],
+            batteries_at: 0.0,
+            level_hours: LevelHours::default(),
+            series: Vec::new(),
+            bounds: Bounds::new(&nodes_for_bounds).expect("validated nodes"),
+        };
+        engine.start();
+        engine
+    }
 }
 
 impl Engine<'_> {
@@ -974,5 +982,247 @@ mod tests {
         assert!((o.mean_pending_seconds - 71.0).abs() < 1e-9);
         assert!((o.node_hours_off - 130.0 / 3600.0).abs() < 1e-12);
         assert!((o.node_hours_booting - 60.0 / 3600.0).abs() < 1e-12);
+    }
+}
+
+#[cfg(test)]
+mod battery_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::agent::{Agent, Models};
+    use crate::cluster::Hardware;
+    use crate::cluster::KUBELET_MAX_PODS;
+    use crate::policy::PolicyName;
+    use crate::solar::{Battery, Storage, Sun};
+    use crate::specpower::by_result_id;
+
+    /// Fujitsu TX1320 M4: 10 W idle, 30 W at 50 %; 12 threads.
+    const SMALL: &str = "power_ssj2008-20181125-00869";
+    /// Tyan 2S of 2012: 16 threads, 61 → 256 W.
+    const OLD: &str = "power_ssj2008-20121113-00584";
+
+    fn node(name: &str, spec: &str, storage: Option<Storage>) -> SimNode {
+        let spec = Arc::new(by_result_id(spec).unwrap());
+        let hardware = Hardware {
+            cpu_millicores: spec.threads as u64 * 1000,
+            memory_mib: 16_384,
+            max_pods: KUBELET_MAX_PODS,
+            spec,
+            inlet_celsius: 23.0,
+        };
+        let mut node = SimNode::new(name.into(), hardware);
+        node.storage = storage;
+        node
+    }
+
+    fn battery(capacity_wh: f64, percent: f64, sun: Option<Sun>) -> Option<Storage> {
+        Some(Storage {
+            battery: Battery {
+                capacity_wh,
+                charge_wh: capacity_wh * percent / 100.0,
+                restart_percent: 20.0,
+            },
+            sun: sun.map(Arc::new),
+        })
+    }
+
+    /// One pod of 6,000 m, fully busy, from 0 until the end.
+    fn setup(nodes: Vec<SimNode>, duration: f64) -> Setup {
+        Setup {
+            nodes,
+            agents: None,
+            pods: vec![TracePod {
+                name: "p".into(),
+                cpu_millicores: 6000,
+                memory_mib: 1024,
+                arrival: 0.0,
+                lifetime: None,
+            }],
+            shares: vec![1.0],
+            duration,
+            reports: Reports {
+                sensor_noise: 0.0,
+                ..Reports::default()
+            },
+            power: PowerManagement::AlwaysOn,
+            pod_start_seconds: 0.0,
+            seed: 1,
+        }
+    }
+
+    fn agents(nodes: &[SimNode]) -> Vec<Agent> {
+        let mut models = Models::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        nodes
+            .iter()
+            .map(|n| {
+                let h = &n.hardware;
+                let model = models
+                    .for_server(&Reports::default().model, &h.spec, true)
+                    .unwrap();
+                let mut agent = Agent::new(&n.name, model, h.inlet_celsius).unwrap();
+                agent.warm_up(|u| h.watts(u), 0.0, &mut rng);
+                agent
+            })
+            .collect()
+    }
+
+    fn node_of(engine: &Engine, pod: usize) -> Option<usize> {
+        match engine.cluster.pods[pod].phase {
+            PodPhase::Bound { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_battery_drains_browns_its_node_out_and_recovers_in_the_sun() {
+        // 10.1 Wh at 50 % (5.05 Wh); a 36 W panel, dark in even hours, lit in odd ones.
+        let sun = Sun::new(&[0.0, 1000.0], 36.0, 0.0);
+        let nodes = vec![node("n", SMALL, battery(10.1, 50.0, Some(sun)))];
+        let mut policy = PolicyName::KubeDefault.build();
+        let mut engine = Engine::new(setup(nodes, 7200.0), policy.as_mut());
+        engine.run_until(7200.0);
+        // 30 W from 0 empties 5.05 Wh at 606 s: the step ending at 610 s finds it empty (the
+        // charge clamped at 0), kills the pod and browns the node out (0 W). From 3600 s the
+        // panel gives 36 W: 20 % (2.02 Wh) is back at the step ending 3810 s (2.1 Wh); the node
+        // is on, the retry a second later places the pod again, which runs at 30 W under a
+        // 36 W panel to the end.
+        let b = &engine.cluster.nodes[0].storage.as_ref().unwrap().battery;
+        let charge = 2.1 + (36.0 * 3390.0 - 10.0 * 1.0 - 30.0 * 3389.0) / 3600.0;
+        assert!(
+            (b.charge_wh - charge).abs() < 1e-9,
+            "{} vs {charge}",
+            b.charge_wh
+        );
+        assert_eq!(node_of(&engine, 0), Some(0));
+        let o = engine.outcome(7200.0);
+        let expected = 30.0 * 610.0 + 10.0 * 1.0 + 30.0 * 3389.0;
+        assert!((o.energy_kwh * 3.6e6 - expected).abs() < 1e-6);
+        assert_eq!((o.brownout_kills, o.evictions), (1, 0));
+        assert!((o.node_hours_browned_out - 3200.0 / 3600.0).abs() < 1e-9);
+        assert!((o.mean_pending_seconds - (3811.0 - 610.0) / 2.0).abs() < 1e-9);
+        // True levels by the charge at each step's start: below 15 % (1.515 Wh) from the step
+        // starting at 430 s (1.467 Wh) until the one starting at 3760 s (1.6 Wh).
+        let h = o.node_hours_by_level;
+        assert!((h.powerless - 3330.0 / 3600.0).abs() < 1e-9, "{h:?}");
+        let total = h.well_powered + h.vulnerable + h.low_powered + h.powerless;
+        assert!((total - 2.0).abs() < 1e-9 && h.grid == 0.0, "{h:?}");
+        // One sample a minute, from 0 to 7200 s.
+        assert_eq!(o.series.len(), 121);
+        let at = |t: f64| o.series.iter().find(|s| s.t_seconds == t).unwrap();
+        assert_eq!((at(1200.0).browned_out, at(1200.0).powerless), (1, 1));
+        assert_eq!(at(1200.0).watts, 0.0);
+        assert_eq!(at(4200.0).browned_out, 0);
+        assert!((at(7200.0).energy_kwh - o.energy_kwh).abs() < 1e-12);
+    }
+
+    /// A 20 Wh battery node, cheaper per core than the old grid node, takes the pod; at 30 W it
+    /// falls below 38 % (the agent's hysteresis under 40 %) after about 1,490 s.
+    fn draining(offloader: bool) -> (Outcome, Option<usize>, PodPhase) {
+        let nodes = vec![
+            node("battery", SMALL, battery(20.0, 100.0, None)),
+            node("grid", OLD, None),
+        ];
+        let mut setup = setup(nodes, 3000.0);
+        setup.agents = Some(agents(&setup.nodes));
+        let name = if offloader {
+            PolicyName::Wattwise
+        } else {
+            PolicyName::WattwiseNoOffload
+        };
+        let mut policy = name.build();
+        let mut engine = Engine::new(setup, policy.as_mut());
+        engine.run_until(3000.0);
+        let (node, phase) = (node_of(&engine, 0), engine.cluster.pods[0].phase);
+        (engine.outcome(3000.0), node, phase)
+    }
+
+    #[test]
+    fn the_offloader_moves_a_pod_off_a_draining_battery_before_it_browns_out() {
+        let (o, node, phase) = draining(true);
+        assert_eq!(node, Some(1), "moved to the grid node");
+        assert_eq!((o.evictions, o.brownout_kills), (1, 0));
+        // Moved at the first pass after the agent reported low-powered, and bound at once on
+        // the node the planner reserved (no pending time).
+        let PodPhase::Bound { at, .. } = phase else {
+            unreachable!()
+        };
+        assert!((1488.0..1488.0 + 50.0).contains(&at), "moved at {at}");
+        assert_eq!(o.mean_pending_seconds, 0.0);
+        assert_eq!(o.node_hours_browned_out, 0.0);
+
+        // Without the offloader the pod stays until the battery is empty (2,400 s).
+        let (o, node, _) = draining(false);
+        assert_eq!((o.evictions, o.brownout_kills), (0, 1));
+        assert_eq!(node, Some(1));
+        assert!(o.node_hours_browned_out > 0.0);
+    }
+
+    /// Evicts pod 0 once, towards node `to`.
+    struct MoveTo(usize);
+
+    impl Placement for MoveTo {
+        fn tick_seconds(&self) -> Option<f64> {
+            Some(100.0)
+        }
+
+        fn tick(
+            &mut self,
+            now: f64,
+            _: &Cluster,
+            _: &SchedulerView,
+            _: &mut StdRng,
+        ) -> Vec<Eviction> {
+            if now == 100.0 {
+                vec![Eviction {
+                    pod: 0,
+                    to: Some(self.0),
+                }]
+            } else {
+                Vec::new()
+            }
+        }
+
+        /// Always the first node that passes kube's filters.
+        fn place(
+            &mut self,
+            pod: &SimPod,
+            _: &Cluster,
+            view: &SchedulerView,
+            _: &mut StdRng,
+        ) -> Option<usize> {
+            view.feasible(&pod.request).first().copied()
+        }
+    }
+
+    #[test]
+    fn an_evicted_pod_is_bound_on_its_reserved_node_if_it_still_fits() {
+        let nodes = || {
+            vec![
+                node("a", SMALL, None),
+                node("b", SMALL, None),
+                node("c", SMALL, None),
+            ]
+        };
+        let mut policy = MoveTo(2);
+        let mut engine = Engine::new(setup(nodes(), 200.0), &mut policy);
+        engine.run_until(200.0);
+        assert_eq!(
+            node_of(&engine, 0),
+            Some(2),
+            "the reserved node, not `place`'s"
+        );
+        assert_eq!(engine.evictions, 1);
+
+        // A reserved node that no longer fits (4 cores, the pod asks 6): scheduled as any pod,
+        // back on the first node that fits.
+        let mut small = nodes();
+        small[2].hardware.cpu_millicores = 4000;
+        let mut policy = MoveTo(2);
+        let mut engine = Engine::new(setup(small, 200.0), &mut policy);
+        engine.run_until(200.0);
+        assert_eq!(node_of(&engine, 0), Some(0));
+        assert_eq!(engine.evictions, 1);
     }
 }

@@ -545,6 +545,41 @@ policies: [wattwise]
             "{err}"
         );
 
+        // Battery and solar keys: unknown keys and bad values name their path.
+        let solar = |group: &str| load(&GOOD.replace("count: 2}", &format!("count: 2, {group}}}")));
+        let err = solar("battery: {capacity_wh: 500, initial_percnt: 50}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `initial_percnt`"), "{err}");
+        assert!(err.contains("nodes[0].battery"), "{err}");
+        let err = solar("battery: {capacity_wh: 0}").unwrap_err().to_string();
+        assert!(
+            err.ends_with("s.yaml: nodes[0].battery.capacity_wh: must be positive"),
+            "{err}"
+        );
+        let err = solar("solar: {site: x.csv, panel_watts_peak: 100}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("nodes[0].solar: needs a battery (a panel alone stores nothing)"),
+            "{err}"
+        );
+        let err = solar("solar: {site: x.csv, panel_watts_peak: -5}, battery: {capacity_wh: 500}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("nodes[0].solar.panel_watts_peak: must be >= 0"),
+            "{err}"
+        );
+        let ok = solar("solar: {site: x.csv, panel_watts_peak: 100}, battery: {capacity_wh: 500}")
+            .unwrap();
+        let battery = ok.nodes[0].battery.as_ref().unwrap();
+        assert_eq!(
+            (battery.initial_percent, battery.restart_percent),
+            (100.0, 20.0)
+        );
+        assert_eq!(ok.nodes[0].solar.as_ref().unwrap().shift_hours, 0.0);
+
         let err = load(&GOOD.replace("[wattwise]", "[wattwise, best]"))
             .unwrap_err()
             .to_string();

@@ -107,3 +107,70 @@ fn a_bad_scenario_is_refused_naming_the_file_and_the_field() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_solar_scenario_reports_energy_levels_and_a_time_series_on_request() {
+    // The committed edge-solar scenario, shortened to 2 hours and two policies.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = repo.join("data").canonicalize().unwrap();
+    let original = std::fs::read_to_string(repo.join("sim/scenarios/edge-solar.yaml")).unwrap();
+    let short = original
+        .replace("../../data/", &format!("{}/", data.display()))
+        .replace("duration_hours: 72", "duration_hours: 2")
+        .lines()
+        .map(|l| {
+            if l.starts_with("policies:") {
+                "policies: [wattwise, serverless-seed]"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short-solar.yaml");
+    std::fs::write(&path, short).unwrap();
+    let path = path.to_str().unwrap();
+
+    let out = sim(&[path, "--json", "--series", "--seeds", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for run in json["runs"].as_array().unwrap() {
+        let o = &run["outcome"];
+        let levels = &o["node_hours_by_level"];
+        let sum: f64 = [
+            "well_powered",
+            "vulnerable",
+            "low_powered",
+            "powerless",
+            "grid",
+        ]
+        .iter()
+        .map(|k| levels[k].as_f64().unwrap())
+        .sum();
+        // 21 nodes for 2 hours, each counted at one level (or the grid) at every instant.
+        assert!((sum - 42.0).abs() < 1e-6, "{run}");
+        assert!(
+            (levels["grid"].as_f64().unwrap() - 2.0).abs() < 1e-6,
+            "{run}"
+        );
+        let series = o["series"].as_array().unwrap();
+        assert_eq!(series.len(), 121, "a sample a minute, both ends included");
+        let last = &series[120];
+        assert_eq!(last["t_seconds"], 7200.0);
+        assert_eq!(last["grid"], 1);
+        assert!(
+            (last["energy_kwh"].as_f64().unwrap() - o["energy_kwh"].as_f64().unwrap()).abs() < 1e-9
+        );
+    }
+    let seed = &json["summaries"][1];
+    assert_eq!(seed["policy"], "serverless-seed");
+    assert!(seed["evictions"]["mean"].as_f64().unwrap() > 0.0);
+
+    // Without --series the JSON stays small; the table gains the energy-level table.
+    let out = sim(&[path, "--json", "--seeds", "1"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["runs"][0]["outcome"]["series"], serde_json::json!([]));
+    let table = text(&sim(&[path, "--seeds", "1"]).stdout);
+    assert!(table.contains("node-h powerless"), "{table}");
+}
