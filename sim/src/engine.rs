@@ -19,7 +19,7 @@ use wattwise_core::{EnergyLevel, PowerCurve};
 use crate::agent::Agent;
 use crate::cluster::{Cluster, PodPhase, PowerState, SimNode, SimPod};
 use crate::policy::{Eviction, Placement};
-use crate::report::{LevelHours, Sample, SAMPLE_SECONDS};
+use crate::report::{LevelHours, PlacementQuality, Sample, SAMPLE_SECONDS};
 use crate::scenario::{PowerManagement, Reports};
 use crate::view::{pod_request, Capacity, Requests, SchedulerView};
 use crate::workload::TracePod;
@@ -67,6 +67,8 @@ pub struct Outcome {
     pub brownout_kills: u64,
     pub boots: u64,
     pub decisions: u64,
+    /// How well the policy's prices matched the true curves (policies that price pods).
+    pub placement: Option<PlacementQuality>,
     /// Every [`SAMPLE_SECONDS`] simulated (for plots).
     pub series: Vec<Sample>,
 }
@@ -861,6 +863,7 @@ impl Engine<'_> {
             brownout_kills: self.brownout_kills,
             boots: self.boots,
             decisions: self.decisions,
+            placement: self.policy.placement_quality(),
             series: self.series,
         }
     }

@@ -78,6 +78,13 @@ fn main() -> anyhow::Result<()> {
             scenario.name, scenario.duration_hours, scenario.seeds
         );
         print!("{}", report::table(&summaries));
+        let placement = report::placement_table(&summaries);
+        if placement.lines().count() > 2 {
+            println!(
+                "\nPrices against the true curves (the model's error where placement needs it):\n"
+            );
+            print!("{placement}");
+        }
         if scenario.nodes.iter().any(|g| g.battery.is_some()) {
             println!("\nEnergy levels (true battery charge):\n");
             print!("{}", report::levels_table(&summaries));

@@ -14,6 +14,7 @@ use wattwise_core::EnergyLevel;
 use wattwise_scheduler::policy::offload::OffloadConfig;
 
 use crate::cluster::{Cluster, PodPhase, SimNode, SimPod};
+use crate::report::PlacementQuality;
 use crate::view::{OffloadCandidate, SchedulerView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
@@ -85,6 +86,11 @@ pub trait Placement {
         Vec::new()
     }
 
+    /// How its prices compared with the true curves, for a policy that prices pods.
+    fn placement_quality(&self) -> Option<PlacementQuality> {
+        None
+    }
+
     /// The node for `pod`, or `None` when no node may take it now.
     fn place(
         &mut self,
@@ -101,6 +107,7 @@ pub trait Placement {
 /// its replacement.
 struct Wattwise {
     offloader: bool,
+    quality: PlacementQuality,
     /// Pods moved and when: their owners cool down.
     moved: HashMap<usize, f64>,
 }
@@ -115,6 +122,7 @@ impl Wattwise {
     fn with_offloader(offloader: bool) -> Self {
         Self {
             offloader,
+            quality: PlacementQuality::default(),
             moved: HashMap::new(),
         }
     }
@@ -176,14 +184,23 @@ impl Placement for Wattwise {
             .collect()
     }
 
+    fn placement_quality(&self) -> Option<PlacementQuality> {
+        Some(self.quality)
+    }
+
     fn place(
         &mut self,
         pod: &SimPod,
-        _: &Cluster,
+        cluster: &Cluster,
         view: &SchedulerView,
         _: &mut StdRng,
     ) -> Option<usize> {
-        view.schedule(&pod.request).ok().map(|d| d.node)
+        let decision = view.schedule(&pod.request).ok()?;
+        let check = view.price_check(&pod.request, &decision, |node, u| {
+            cluster.nodes[node].hardware.watts(u)
+        });
+        self.quality.add(&check);
+        Some(decision.node)
     }
 }
 

@@ -54,6 +54,49 @@ impl LevelHours {
     }
 }
 
+/// How well a policy that prices pods priced them, against the true curves (`PriceCheck`s summed
+/// over its decisions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PlacementQuality {
+    pub decisions: u64,
+    /// Σ |predicted − true| marginal watts on the chosen nodes.
+    pub abs_error_watts: f64,
+    /// Σ true marginal watts on the chosen nodes.
+    pub true_watts: f64,
+    /// Decisions whose node was truly the cheapest of its tier (within the scheduler's tie, 0.05 W).
+    pub truly_cheapest: u64,
+    /// Σ (true marginal on the chosen node − the truly cheapest of its tier).
+    pub regret_watts: f64,
+}
+
+impl PlacementQuality {
+    const TIE_WATTS: f64 = 0.05;
+
+    pub fn add(&mut self, check: &crate::view::PriceCheck) {
+        self.decisions += 1;
+        self.abs_error_watts += (check.predicted_watts - check.true_watts).abs();
+        self.true_watts += check.true_watts;
+        let regret = (check.true_watts - check.best_true_watts).max(0.0);
+        if regret <= Self::TIE_WATTS {
+            self.truly_cheapest += 1;
+        }
+        self.regret_watts += regret;
+    }
+
+    /// Mean |error| of the predicted marginal watts as a share of the true ones, percent.
+    pub fn marginal_error_percent(&self) -> f64 {
+        100.0 * self.abs_error_watts / self.true_watts.max(f64::MIN_POSITIVE)
+    }
+
+    pub fn truly_cheapest_percent(&self) -> f64 {
+        100.0 * self.truly_cheapest as f64 / (self.decisions.max(1) as f64)
+    }
+
+    pub fn mean_regret_watts(&self) -> f64 {
+        self.regret_watts / (self.decisions.max(1) as f64)
+    }
+}
+
 /// One point of a run's time series (for plots): sampled every [`SAMPLE_SECONDS`] simulated.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Sample {
@@ -111,6 +154,12 @@ pub struct Summary {
     pub boots: Stat,
     pub decisions: Stat,
     pub decisions_per_second: Stat,
+    /// For policies that price pods: |predicted − true| marginal watts on the chosen node as a
+    /// share of the true, percent; decisions that chose the truly cheapest node of their tier,
+    /// percent; and the mean true watts lost to the model per decision.
+    pub marginal_error_percent: Option<Stat>,
+    pub truly_cheapest_percent: Option<Stat>,
+    pub mean_regret_watts: Option<Stat>,
 }
 
 /// `autoscaled`: the scenario lets nodes power off, so its bound is the whole-server one.
@@ -155,6 +204,13 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                         .map(|k| 100.0 * (k - r.outcome.energy_kwh) / (k - bound(r)))
                 })
                 .collect();
+            let quality = |f: &dyn Fn(&PlacementQuality) -> f64| {
+                let values: Option<Vec<f64>> = runs
+                    .iter()
+                    .map(|r| r.outcome.placement.as_ref().map(f))
+                    .collect();
+                values.map(|v| Stat::of(&v))
+            };
             let fewer_powerless: Option<Vec<f64>> = runs
                 .iter()
                 .map(|r| {
@@ -192,6 +248,9 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                 boots: stat(&|r| r.outcome.boots as f64),
                 decisions: stat(&|r| r.outcome.decisions as f64),
                 decisions_per_second: stat(&|r| r.timing.decisions_per_second),
+                marginal_error_percent: quality(&|q| q.marginal_error_percent()),
+                truly_cheapest_percent: quality(&|q| q.truly_cheapest_percent()),
+                mean_regret_watts: quality(&|q| q.mean_regret_watts()),
             }
         })
         .collect()
@@ -238,6 +297,32 @@ pub fn table(summaries: &[Summary]) -> String {
 }
 
 /// A Markdown table of the energy-level figures (for scenarios with battery nodes).
+/// The placement-quality figures of the policies that price pods with the agents' reports.
+pub fn placement_table(summaries: &[Summary]) -> String {
+    let mut out = String::from(
+        "| policy | marginal watts error % | chose the truly cheapest node of its tier % | true W lost per decision |\n\
+         |---|---|---|---|\n",
+    );
+    for s in summaries {
+        let (Some(error), Some(cheapest), Some(regret)) = (
+            s.marginal_error_percent,
+            s.truly_cheapest_percent,
+            s.mean_regret_watts,
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            s.policy.label(),
+            f(error, 1),
+            f(cheapest, 1),
+            f(regret, 2),
+        );
+    }
+    out
+}
+
 pub fn levels_table(summaries: &[Summary]) -> String {
     let mut out = String::from(
         "| policy | node-h well-powered | node-h vulnerable | node-h low-powered | node-h powerless | of which browned out | fewer powerless than serverless-seed % | pods killed by brown-outs | evictions | pods moved/h |\n\
@@ -261,4 +346,32 @@ pub fn levels_table(summaries: &[Summary]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::PriceCheck;
+
+    #[test]
+    fn placement_quality_sums_errors_ties_and_regret_by_hand() {
+        let mut q = PlacementQuality::default();
+        q.add(&PriceCheck {
+            predicted_watts: 10.0,
+            true_watts: 12.0,
+            best_true_watts: 11.98,
+        });
+        q.add(&PriceCheck {
+            predicted_watts: 5.0,
+            true_watts: 8.0,
+            best_true_watts: 6.0,
+        });
+        assert_eq!(q.decisions, 2);
+        // |10 − 12| + |5 − 8| = 5 W of 20 true.
+        assert!((q.marginal_error_percent() - 25.0).abs() < 1e-9);
+        // The first is within the 0.05 W tie: cheapest; the second lost 2 W.
+        assert_eq!(q.truly_cheapest, 1);
+        assert!((q.truly_cheapest_percent() - 50.0).abs() < 1e-9);
+        assert!((q.mean_regret_watts() - (0.02 + 2.0) / 2.0).abs() < 1e-9);
+    }
 }

@@ -72,6 +72,18 @@ fn owner_of(pod: &PodRequest) -> Owner {
     }
 }
 
+/// A decision's price against the truth: the model's error where placement needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PriceCheck {
+    /// Marginal watts the scheduler predicted on the node it chose.
+    pub predicted_watts: f64,
+    /// The true marginal watts of the same step on that node.
+    pub true_watts: f64,
+    /// The truly cheapest step among the nodes that passed the filters in the chosen node's
+    /// energy tier.
+    pub best_true_watts: f64,
+}
+
 /// What a node can hold, as its allocatable says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
@@ -208,6 +220,41 @@ impl SchedulerView {
     pub fn expire(&mut self, node: usize, now: f64) {
         if self.states[node].power.fresh {
             self.refresh_power(node, Some(now));
+        }
+    }
+
+    /// `decision` for `pod` priced with the true curves `true_watts(node, utilisation)`: the same
+    /// step (from the utilisation the scheduler holds, by the pod's priced CPU, clamped at full
+    /// load) on the chosen node and on every node of its tier that passes the filters.
+    pub fn price_check(
+        &self,
+        pod: &PodRequest,
+        decision: &Decision,
+        true_watts: impl Fn(usize, f64) -> f64,
+    ) -> PriceCheck {
+        let tier = |node: usize| {
+            self.states[node]
+                .power
+                .energy
+                .unwrap_or(self.score.unknown_energy)
+        };
+        let step = |node: usize| {
+            let power = &self.states[node].power;
+            let capacity = power.capacity_millicores.max(1) as f64;
+            let from = power.utilisation.min(1.0);
+            let to = (power.utilisation + pod.pricing_cpu_millicores as f64 / capacity).min(1.0);
+            true_watts(node, to) - true_watts(node, from)
+        };
+        let chosen_tier = tier(decision.node);
+        let best_true_watts = policy::feasible(pod, &self.snapshot, &self.filters)
+            .into_iter()
+            .filter(|&n| tier(n) == chosen_tier)
+            .map(step)
+            .fold(f64::INFINITY, f64::min);
+        PriceCheck {
+            predicted_watts: decision.marginal.watts.0,
+            true_watts: step(decision.node),
+            best_true_watts,
         }
     }
 
@@ -380,6 +427,39 @@ mod tests {
         assert_eq!(view.feasible(&pod), [0]);
         view.set_ready(0, false);
         assert!(view.feasible(&pod).is_empty());
+    }
+
+    #[test]
+    fn a_price_check_compares_the_predicted_step_with_the_true_one_and_the_truly_cheapest() {
+        let capacity = Capacity {
+            cpu_millicores: 4000,
+            memory_mib: 8192,
+            pods: 110,
+        };
+        let mut view = SchedulerView::new(
+            &[("a".into(), capacity), ("b".into(), capacity)],
+            30.0,
+            30.0,
+        );
+        for node in 0..2 {
+            view.set_ready(node, true);
+            view.report(node, report(0.25), 0.0);
+        }
+        let pod = pod_request(
+            "p",
+            Requests {
+                cpu_millicores: 1000,
+                memory_mib: 64,
+            },
+        );
+        let decision = view.schedule(&pod).unwrap();
+        // Both report 50 → 150 W; truly, a rises 200 W over its range and b 50 W.
+        let truth = |node: usize, u: f64| 50.0 + if node == 0 { 200.0 } else { 50.0 } * u;
+        let check = view.price_check(&pod, &decision, truth);
+        assert!((check.predicted_watts - 25.0).abs() < 1e-9, "{check:?}");
+        let chosen_true = if decision.node == 0 { 50.0 } else { 12.5 };
+        assert!((check.true_watts - chosen_true).abs() < 1e-9, "{check:?}");
+        assert!((check.best_true_watts - 12.5).abs() < 1e-9, "{check:?}");
     }
 
     #[test]
