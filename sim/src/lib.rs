@@ -137,10 +137,13 @@ pub fn pods(scenario: &Scenario, nodes: &[SimNode], seed: u64) -> Result<Vec<Tra
         .synthetic
         .as_ref()
         .expect("validated: trace or synthetic");
-    let series = workload::read_column(
+    let mut series = workload::read_column(
         &scenario.resolve(&synthetic.utilisation_series),
         &synthetic.column,
     )?;
+    if synthetic.percent_of_peak {
+        workload::to_percent_of_peak(&mut series);
+    }
     let shorts = match &synthetic.short_job_durations {
         Some(path) => workload::read_column(&scenario.resolve(path), "duration")?,
         None => Vec::new(),

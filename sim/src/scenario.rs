@@ -167,6 +167,10 @@ pub struct Synthetic {
     pub utilisation_series: PathBuf,
     /// Its column holding utilisation in percent.
     pub column: String,
+    /// The column is not in percent (e.g. Azure v2's total `cpu_usage`): use it as a percentage
+    /// of its own peak over the whole file.
+    #[serde(default)]
+    pub percent_of_peak: bool,
     #[serde(default = "default_step")]
     pub step_seconds: f64,
     /// First row used (to start at another time of day).

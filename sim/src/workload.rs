@@ -261,6 +261,14 @@ pub fn read_node_list(path: &Path) -> Result<Vec<ListedNode>, TraceError> {
 }
 
 /// A column of a CSV file as numbers (a published series).
+/// A series in any unit as percent of its own peak (an all-zero series stays zero).
+pub fn to_percent_of_peak(series: &mut [f64]) {
+    let peak = series.iter().copied().fold(0.0, f64::max);
+    if peak > 0.0 {
+        series.iter_mut().for_each(|v| *v = *v / peak * 100.0);
+    }
+}
+
 pub fn read_column(path: &Path, column: &str) -> Result<Vec<f64>, TraceError> {
     let file = path.display().to_string();
     let text = read(path)?;
@@ -456,10 +464,21 @@ mod tests {
     }
 
     #[test]
+    fn a_series_in_any_unit_becomes_percent_of_its_peak() {
+        let mut series = [2.0e6, 8.0e6, 4.0e6];
+        to_percent_of_peak(&mut series);
+        assert_eq!(series, [25.0, 100.0, 50.0]);
+        let mut zeros = [0.0, 0.0];
+        to_percent_of_peak(&mut zeros);
+        assert_eq!(zeros, [0.0, 0.0]);
+    }
+
+    #[test]
     fn synthetic_load_follows_the_series_and_the_seed() {
         let config = Synthetic {
             utilisation_series: "x".into(),
             column: "cpu".into(),
+            percent_of_peak: false,
             step_seconds: 3600.0,
             start_row: 0,
             load_scale: 1.0,
