@@ -3,6 +3,7 @@
 //!
 //! - [`scenario`]: the scenario file format;
 //! - [`specpower`]: the published server curves nodes draw;
+//! - [`solar`]: panels and batteries of edge nodes;
 //! - [`workload`]: trace input (Alibaba layout) and the synthetic generator;
 //! - [`agent`]: what each node's agent reports, by the agent's own model and calibration code;
 //! - [`view`]: the scheduler's view and decisions (the one module speaking its types);
