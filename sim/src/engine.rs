@@ -1,6 +1,7 @@
 //! The discrete-event simulation: pod arrivals, starts and completions, agent reports, the
-//! policy's periodic work, power management, and energy accounting that integrates each node's
-//! true watts over time (piecewise constant between events, so the integral is exact).
+//! policy's periodic work (offloaders' evictions), power management, batteries and brown-outs,
+//! and energy accounting that integrates each node's true watts over time (piecewise constant
+//! between events, so the integral is exact).
 //!
 //! Beside it, the lower bounds of `wattwise-bounds` over the same run: for each report period,
 //! the bound at the least demand seen in that period (CPU load of started pods, memory requests

@@ -3,6 +3,7 @@
 //!
 //! - [`scenario`]: the scenario file format;
 //! - [`specpower`]: the published server curves nodes draw;
+//! - [`solar`]: panels and batteries of edge nodes;
 //! - [`workload`]: trace input (Alibaba layout) and the synthetic generator;
 //! - [`agent`]: what each node's agent reports, by the agent's own model and calibration code;
 //! - [`view`]: the scheduler's view and decisions (the one module speaking its types);
@@ -233,13 +234,22 @@ mod tests {
 
     fn scenario(seeds: &str) -> Scenario {
         let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/workload");
+        let sun = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/solar/greensboro-nc.csv"
+        );
+        // Two of the old nodes on small batteries (a panel on one group), so that levels fall,
+        // nodes brown out and the offloader moves pods within the hour.
         let yaml = format!(
             "
 name: tiny
 duration_hours: 1
 seeds: {seeds}
 nodes:
-  - {{spec: power_ssj2008-20121113-00584, count: 3}}
+  - {{spec: power_ssj2008-20121113-00584, count: 1}}
+  - {{spec: power_ssj2008-20121113-00584, count: 1, battery: {{capacity_wh: 60, initial_percent: 60}},
+     solar: {{site: {sun}, panel_watts_peak: 100, shift_hours: 4300}}}}
+  - {{spec: power_ssj2008-20121113-00584, count: 1, battery: {{capacity_wh: 40, initial_percent: 90}}}}
   - {{spec: power_ssj2008-20210615-01111, count: 1}}
 workload:
   synthetic:
@@ -292,6 +302,13 @@ policies: [wattwise, serverless-seed, random]
         let first = outcomes("[3]");
         assert_eq!(first.len(), 3);
         assert!(first.iter().all(|(_, o)| o.pods > 100 && o.decisions > 0));
+        for (policy, o) in &first {
+            let h = o.node_hours_by_level;
+            let total = h.well_powered + h.vulnerable + h.low_powered + h.powerless + h.grid;
+            assert!((total - 4.0).abs() < 1e-9, "{policy:?}: {h:?}");
+            assert!((h.grid - 2.0).abs() < 1e-9, "{policy:?}: {h:?}");
+            assert!(h.powerless > 0.0, "{policy:?}: the small batteries run low");
+        }
         // Nodes may power off here, so every policy's energy is at least the whole-server
         // bound, which is at most the always-on one.
         for (policy, o) in &first {

@@ -169,11 +169,7 @@ impl Placement for Wattwise {
         if candidates.is_empty() {
             return Vec::new();
         }
-        let cooling: BTreeSet<String> = self
-            .moved
-            .keys()
-            .map(|&pod| cluster.pods[pod].request.uid.clone())
-            .collect();
+        let cooling: BTreeSet<usize> = self.moved.keys().copied().collect();
         let moves = view.plan_offload(&candidates, &config, &cooling);
         moves
             .into_iter()
@@ -668,5 +664,50 @@ mod tests {
                 EnergyLevel::WellPowered
             ]
         );
+    }
+
+    #[test]
+    fn wattwise_ticks_move_old_pods_off_low_powered_nodes_to_the_planned_target_once() {
+        let (mut c, mut view) = cluster(&[OLD, OLD, NEW], Some(16_000));
+        // Node 0 low-powered holds an hour-old pod and a young one; node 1 well-powered, node 2
+        // vulnerable (both better by at least one level; tiers rank well-powered first).
+        for (cpu, bound_at) in [(2000, -3600.0), (1000, -60.0)] {
+            load(&mut c, &mut view, 0, cpu);
+            let pod = c.pods.len() - 1;
+            c.pods[pod].phase = PodPhase::Bound {
+                node: 0,
+                at: bound_at,
+                started: true,
+            };
+        }
+        let levels = [
+            EnergyLevel::LowPowered,
+            EnergyLevel::WellPowered,
+            EnergyLevel::Vulnerable,
+        ];
+        for (i, n) in c.nodes.iter().enumerate() {
+            let report = Report {
+                curve: PowerCurve::sample(101, |u| n.hardware.watts(u)).unwrap(),
+                utilisation: n.utilisation(),
+                energy: Some(levels[i]),
+            };
+            view.report(i, report, 0.0);
+        }
+        let mut policy = Wattwise::with_offloader(true);
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(policy.tick_seconds(), Some(30.0));
+        // The old pod moves, reserved on the well-powered node; the young one (under the
+        // planner's 5-minute minimum age) stays.
+        assert_eq!(
+            policy.tick(0.0, &c, &view, &mut rng),
+            [Eviction {
+                pod: 0,
+                to: Some(1)
+            }]
+        );
+        // Its owner cools down: the next pass (the pod seen still there) moves nothing.
+        assert!(policy.tick(30.0, &c, &view, &mut rng).is_empty());
+        // Without the offloader, no ticks at all.
+        assert_eq!(Wattwise::with_offloader(false).tick_seconds(), None);
     }
 }

@@ -4,6 +4,7 @@
 //! does to the node.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::workload::{read_column, TraceError};
 
@@ -40,11 +41,6 @@ impl Sun {
     /// The hour of the site's year at simulated second `t` (wrapping around the year).
     fn hour(&self, t: f64) -> f64 {
         t / 3600.0 + self.shift_hours
-    }
-
-    /// Panel watts at simulated second `t`.
-    pub fn watts(&self, t: f64) -> f64 {
-        self.at_hour(self.hour(t).floor())
     }
 
     fn at_hour(&self, hour: f64) -> f64 {
@@ -106,7 +102,8 @@ impl Battery {
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub battery: Battery,
-    pub sun: Option<std::sync::Arc<Sun>>,
+    /// Shared by the nodes of a group.
+    pub sun: Option<Arc<Sun>>,
 }
 
 #[cfg(test)]
@@ -115,12 +112,12 @@ mod tests {
 
     #[test]
     fn panel_output_scales_irradiance_and_shifts_by_hours() {
-        // Hour 0: dark, hour 1: 500 W/m², hour 2: 1000 W/m²; a 200 W panel.
+        // Hour 0: dark, hour 1: 500 W/m², hour 2: 1000 W/m²; a 200 W panel; t = 0 is hour 1.
         let sun = Sun::new(&[0.0, 500.0, 1000.0], 200.0, 1.0);
-        assert_eq!(sun.watts(0.0), 100.0, "t = 0 is hour 1");
-        assert_eq!(sun.watts(3599.0), 100.0);
-        assert_eq!(sun.watts(3600.0), 200.0);
-        assert_eq!(sun.watts(7200.0), 0.0, "wraps around the year");
+        assert_eq!(sun.joules(0.0, 3600.0), 100.0 * 3600.0);
+        assert_eq!(sun.joules(3600.0, 7200.0), 200.0 * 3600.0);
+        assert_eq!(sun.joules(7200.0, 10_800.0), 0.0, "wraps around the year");
+        assert_eq!(sun.joules(10_800.0, 10_810.0), 1000.0, "and starts again");
         // Half an hour at 100 W, one hour at 200 W, a quarter hour at 0 W.
         let joules = sun.joules(1800.0, 2.0 * 3600.0 + 900.0);
         assert!((joules - (100.0 * 1800.0 + 200.0 * 3600.0)).abs() < 1e-6);

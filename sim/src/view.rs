@@ -263,20 +263,16 @@ impl SchedulerView {
         policy::feasible(pod, &self.snapshot, &self.filters).contains(&node)
     }
 
-    /// The energy level the scheduler holds for `node` (`None`: unknown).
-    pub fn energy(&self, node: usize) -> Option<EnergyLevel> {
-        self.states[node].power.energy
-    }
-
     /// One pass of the offloader's planner (`offload::plan`, the scheduler's own) over the
     /// nodes as the scheduler holds them and `pods`: (pod, target node) per planned move, in
     /// the plan's order. Every simulated pod counts as owned by a ReplicaSet of its own (the
-    /// trace has no owners, and each pod stands for a replica its controller recreates).
+    /// trace has no owners, and each pod stands for a replica its controller recreates); the
+    /// owners of the pods in `cooling_down` are not moved.
     pub fn plan_offload(
         &self,
         pods: &[OffloadCandidate<'_>],
         config: &OffloadConfig,
-        cooling_down: &BTreeSet<String>,
+        cooling_down: &BTreeSet<usize>,
     ) -> Vec<(usize, usize)> {
         let bound: Vec<BoundPod> = pods
             .iter()
@@ -292,7 +288,7 @@ impl SchedulerView {
             .collect();
         let cooling: BTreeSet<Owner> = pods
             .iter()
-            .filter(|c| cooling_down.contains(&c.request.uid))
+            .filter(|c| cooling_down.contains(&c.pod))
             .map(|c| owner_of(c.request))
             .collect();
         let plan = offload::plan(&self.states, &bound, &self.score, config, &cooling);
