@@ -17,6 +17,11 @@ pub const NS: &str = "default";
 
 /// A one-container pod for `schedulerName: wattwise` requesting `cpu` and 64Mi.
 pub fn pod_json(name: &str, cpu: &str) -> serde_json::Value {
+    pod_json_requesting(name, cpu, "64Mi")
+}
+
+/// A one-container pod for `schedulerName: wattwise` requesting `cpu` and `memory`.
+pub fn pod_json_requesting(name: &str, cpu: &str, memory: &str) -> serde_json::Value {
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -25,7 +30,7 @@ pub fn pod_json(name: &str, cpu: &str) -> serde_json::Value {
             "schedulerName": "wattwise",
             "containers": [{
                 "name": "work", "image": "busybox",
-                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}
+                "resources": {"requests": {"cpu": cpu, "memory": memory}}
             }]
         }
     })

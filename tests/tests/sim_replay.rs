@@ -14,14 +14,13 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde_json::json;
 use wattwise_core::{EnergyLevel, MarginalWatts};
 use wattwise_sim::agent::{Models, Report};
 use wattwise_sim::scenario::Scenario;
 use wattwise_sim::view::{pod_request, Capacity, Requests, SchedulerView};
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
 use wattwise_testenv::manifests::repo_dir;
-use wattwise_testenv::pods::{events_of, NS};
+use wattwise_testenv::pods::{events_of, pod_json_requesting, NS};
 use wattwise_testenv::process::wait_until;
 use wattwise_testenv::reports::{NodePowerSpec, ReportPump};
 use wattwise_testenv::scheduler::{SchedulerProcess, TEST_CONFIG};
@@ -162,11 +161,11 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
                     view.report(index, report, now);
                 }
                 let pod = &trace[i];
+                let cpu = format!("{}m", pod.cpu_millicores);
+                let memory = format!("{}Mi", pod.memory_mib);
+                let manifest = pod_json_requesting(&pod.name, &cpu, &memory);
                 let created = pods
-                    .create(
-                        &PostParams::default(),
-                        &trace_pod(&pod.name, pod.cpu_millicores, pod.memory_mib)?,
-                    )
+                    .create(&PostParams::default(), &serde_json::from_value(manifest)?)
                     .await?;
                 let uid = created.metadata.uid.context("a created pod has a UID")?;
                 let requests = Requests {
@@ -247,26 +246,6 @@ fn spec_of(report: &Report, capacity_millicores: u64, percent: Option<f64>) -> N
             .zip(percent)
             .map(|(level, percent)| (level.to_proto(), percent)),
     }
-}
-
-/// A pod of the trace as the scheduler gets it: one container requesting the trace's CPU and
-/// memory, for `schedulerName: wattwise`.
-fn trace_pod(name: &str, cpu_millicores: u64, memory_mib: u64) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "schedulerName": "wattwise",
-            "containers": [{
-                "name": "work", "image": "busybox",
-                "resources": {"requests": {
-                    "cpu": format!("{cpu_millicores}m"),
-                    "memory": format!("{memory_mib}Mi"),
-                }}
-            }]
-        }
-    }))?)
 }
 
 /// The node `pod` is bound to, once it is.
