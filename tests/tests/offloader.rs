@@ -536,7 +536,7 @@ async fn a_leader_killed_while_offloading_evicts_nothing_twice_and_leaks_no_rese
         .count();
     assert!(!second.is_leader().await?);
     assert!(
-        by_first >= 1 && by_first < 8,
+        (1..8).contains(&by_first),
         "{by_first} evicted before the new leader"
     );
     wait_until("replica-b leads", Duration::from_secs(20), || async {
