@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use kube::Client;
 use serde_json::json;
@@ -169,6 +169,13 @@ async fn pods_leave_a_weakening_node_for_the_nodes_reserved_for_them_and_do_not_
     assert!(
         on(&after, "edge-4").is_empty(),
         "none back on edge-4: {after:?}"
+    );
+    // The node says so too (the energy adapter's label, from the same reports).
+    let edge4 = Api::<Node>::all(c.client.clone()).get("edge-4").await?;
+    let labels = edge4.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("energy-status").map(String::as_str),
+        Some("low-powered")
     );
     let replacements: Vec<&PodView> = after
         .iter()

@@ -93,7 +93,7 @@ pub enum EvictionResult {
 /// How a reservation planned for an evicted pod's replacement ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReservationOutcome {
-    /// The replacement was bound to the reserved node.
+    /// The replacement was placed on the reserved node (its bind under way).
     Honoured,
     /// No replacement came within `offload.reservation_ttl`.
     Expired,
