@@ -482,7 +482,12 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
         &["create", "pods", "--subresource=binding", "-n", DEMO_NS],
         // The offloader's evictions (policy/v1 and v1beta1 alike: one core subresource).
         &["create", "pods", "--subresource=eviction", "-n", DEMO_NS],
-        &["create", "pods", "--subresource=eviction", "--all-namespaces"],
+        &[
+            "create",
+            "pods",
+            "--subresource=eviction",
+            "--all-namespaces",
+        ],
         &["list", "persistentvolumeclaims", "--all-namespaces"],
         &["watch", "persistentvolumeclaims", "--all-namespaces"],
         &["list", "storageclasses.storage.k8s.io"],
