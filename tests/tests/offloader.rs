@@ -3,7 +3,7 @@
 //! whose energy levels the tests change: pods leave a node whose energy falls for the nodes
 //! reserved for them, within PodDisruptionBudgets, never without a better node, never for pods
 //! no controller recreates elsewhere, not at all in a dry run, and never twice across a leader
-//! change.
+//! change; a reservation ends at its TTL, or when its node no longer fits the replacement.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
 use wattwise_proto::v1 as pb;
@@ -54,7 +54,8 @@ struct Cluster {
     plane: ControlPlane,
     client: Client,
     scheduler: SchedulerProcess,
-    _controllers: ControllerManager,
+    /// `None` while a test holds the controllers back (no replacements are made).
+    controllers: Option<ControllerManager>,
     pump: ReportPump,
 }
 
@@ -78,7 +79,7 @@ impl Cluster {
             plane,
             client,
             scheduler,
-            _controllers: controllers,
+            controllers: Some(controllers),
             pump,
         })
     }
@@ -585,5 +586,91 @@ async fn a_leader_killed_while_offloading_evicts_nothing_twice_and_leaks_no_rese
     assert_eq!(count(&second, EXPIRED).await?, 0.0);
     assert_eq!(count(&second, HONOURED).await?, (8 - by_first) as f64);
     assert_eq!(pods.len(), 16, "one replacement per eviction: {pods:?}");
+    Ok(())
+}
+
+/// Taints `node` so that no new pod passes the filters there.
+async fn taint(client: &Client, node: &str) -> Result<()> {
+    let patch = json!({"spec": {"taints": [
+        {"key": "maintenance", "value": "now", "effect": "NoSchedule"}
+    ]}});
+    Api::<Node>::all(client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// The nodes the Offloaded events say were reserved.
+fn reserved_nodes(offloaded: &[(String, String)]) -> Vec<String> {
+    offloaded
+        .iter()
+        .filter_map(|(_, note)| note.split("; reserved ").nth(1))
+        .filter_map(|rest| rest.split(' ').next())
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_ends_at_its_ttl_or_when_its_node_no_longer_fits_the_replacement(
+) -> Result<()> {
+    const REFILTERED: &str =
+        "wattwise_scheduler_offload_reservations_total{outcome=\"refiltered\"}";
+    let nodes = vec![
+        (FakeNode::new("weak"), cheap(WellPowered, 90.0)),
+        (FakeNode::new("strong-1"), dear(WellPowered, 95.0)),
+        (FakeNode::new("strong-2"), dear(WellPowered, 95.0)),
+    ];
+    let mut c = Cluster::start(
+        nodes,
+        "offload: {interval: 1s, min_age: 0s, cooldown: 0s, reservation_ttl: 3s}\n",
+    )
+    .await?;
+    create_deployment(&c.client, NS, deployment_json("web", 2, "250m")).await?;
+    let before = wait_live_bound(&c.client, NS, "app=web", 2).await?;
+    assert_eq!(on(&before, "weak").len(), 2);
+
+    // No controller recreates the evicted pods: their reservations expire, counted, and the
+    // replacements made later are scheduled like any pod.
+    c.controllers = None;
+    c.pump.set("weak", cheap(LowPowered, 20.0));
+    wait_events(&c.client, "Offloaded", 2).await?;
+    wait_until(
+        "both reservations expired",
+        Duration::from_secs(20),
+        || async { Ok(c.count(EXPIRED).await? == 2.0) },
+    )
+    .await
+    .with_context(|| offload_log(&c.scheduler))?;
+    c.controllers = Some(c.plane.start_controller_manager().await?);
+    let after = wait_live_bound(&c.client, NS, "app=web", 2).await?;
+    assert!(on(&after, "weak").is_empty(), "{after:?}");
+    assert_eq!(c.count(HONOURED).await? + c.count(REFILTERED).await?, 0.0);
+
+    // A node where the replacements are weakens; the target reserved for its pod stops fitting
+    // (a taint) before the replacement comes: it is scheduled elsewhere.
+    c.controllers = None;
+    let source = after[0].node.clone().unwrap();
+    let target = if source == "strong-1" {
+        "strong-2"
+    } else {
+        "strong-1"
+    };
+    let moving: Vec<String> = on(&after, &source).iter().map(|p| p.name.clone()).collect();
+    c.pump.set(&source, dear(LowPowered, 25.0));
+    let offloaded = wait_events(&c.client, "Offloaded", 2 + moving.len()).await?;
+    let these: Vec<(String, String)> = offloaded
+        .into_iter()
+        .filter(|(pod, _)| moving.contains(pod))
+        .collect();
+    assert_eq!(
+        reserved_nodes(&these),
+        vec![target.to_string(); moving.len()]
+    );
+    taint(&c.client, target).await?;
+    c.controllers = Some(c.plane.start_controller_manager().await?);
+    let last = wait_live_bound(&c.client, NS, "app=web", 2).await?;
+    assert!(on(&last, target).is_empty(), "{last:?}");
+    assert_eq!(c.count(REFILTERED).await?, moving.len() as f64);
+    assert_eq!(c.count(HONOURED).await?, 0.0);
     Ok(())
 }
