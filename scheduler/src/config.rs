@@ -9,6 +9,7 @@ use serde::Deserialize;
 use wattwise_core::curve::MAX_NODE_WATTS;
 use wattwise_core::EnergyLevel;
 
+use crate::policy::offload::OffloadConfig;
 use crate::policy::{PolicyKind, ScoreConfig};
 
 pub use wattwise_daemon::config::{invalid, ConfigError};
@@ -30,6 +31,7 @@ pub struct SchedulerConfig {
     pub leader_election: LeaderElectionConfig,
     pub events: EventsConfig,
     pub energy_labels: EnergyLabelsConfig,
+    pub offload: OffloaderConfig,
     pub api: ApiConfig,
     pub health: HealthConfig,
 }
@@ -51,6 +53,7 @@ impl Default for SchedulerConfig {
             leader_election: LeaderElectionConfig::default(),
             events: EventsConfig::default(),
             energy_labels: EnergyLabelsConfig::default(),
+            offload: OffloaderConfig::default(),
             api: ApiConfig::default(),
             health: HealthConfig::default(),
         }
@@ -270,6 +273,80 @@ impl Default for EnergyLabelsConfig {
     }
 }
 
+/// The offloader (the leader only): moves pods off weakly powered nodes to better-powered ones,
+/// reserving each target for the evicted pod's replacement. On by default: it moves only pods a
+/// controller recreates, only to a node that passes every filter and is better powered, within
+/// PodDisruptionBudgets and the limits below — and without it a node whose battery runs down
+/// keeps its pods until it is powerless.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloaderConfig {
+    pub enabled: bool,
+    /// Time between passes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Pods on nodes at or below this level are candidates.
+    #[serde(with = "level_serde")]
+    pub at_or_below: EnergyLevel,
+    /// A target must be at least this many levels better than the pod's node (1..=3).
+    pub min_improvement: u8,
+    /// Pods younger than this stay.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+    pub max_per_pass: usize,
+    pub max_per_node: usize,
+    pub max_per_namespace: usize,
+    pub excluded_namespaces: Vec<String>,
+    /// Move pods with emptyDir or hostPath volumes (their data is lost).
+    pub allow_local_storage: bool,
+    /// After one of its pods was evicted, a workload (controller) is not moved again for this long.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// A target reserved for a replacement that has not come within this time is released.
+    #[serde(with = "humantime_serde")]
+    pub reservation_ttl: Duration,
+    /// Evict and reserve nothing; log the plan and say in events what would happen.
+    pub dry_run: bool,
+}
+
+impl Default for OffloaderConfig {
+    fn default() -> Self {
+        let planner = OffloadConfig::default();
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            at_or_below: planner.at_or_below,
+            min_improvement: planner.min_improvement,
+            min_age: planner.min_age,
+            max_per_pass: planner.max_per_pass,
+            max_per_node: planner.max_per_node,
+            max_per_namespace: planner.max_per_namespace,
+            excluded_namespaces: planner.excluded_namespaces.into_iter().collect(),
+            allow_local_storage: planner.allow_local_storage,
+            cooldown: Duration::from_secs(600),
+            reservation_ttl: Duration::from_secs(120),
+            dry_run: false,
+        }
+    }
+}
+
+impl OffloaderConfig {
+    /// What the planner reads; `lowest_energy` is `policy.lowest_energy_level`.
+    pub fn planner(&self, lowest_energy: EnergyLevel) -> OffloadConfig {
+        OffloadConfig {
+            at_or_below: self.at_or_below,
+            min_improvement: self.min_improvement,
+            lowest_energy,
+            excluded_namespaces: self.excluded_namespaces.iter().cloned().collect(),
+            min_age: self.min_age,
+            allow_local_storage: self.allow_local_storage,
+            max_per_pass: self.max_per_pass,
+            max_per_node: self.max_per_node,
+            max_per_namespace: self.max_per_namespace,
+        }
+    }
+}
+
 /// Bounds on every call to the Kubernetes API, so that a hung API server (or a connection that
 /// silently died) can neither keep a replica leading nor hold bind slots forever.
 #[derive(Debug, Clone, Deserialize)]
@@ -475,6 +552,53 @@ impl SchedulerConfig {
                 "must be between 1 and 10000",
             ));
         }
+        self.validate_offload()
+    }
+
+    fn validate_offload(&self) -> Result<(), ConfigError> {
+        let o = &self.offload;
+        if o.interval < Duration::from_secs(1) || o.interval > Duration::from_secs(3600) {
+            return Err(invalid("offload.interval", "must be between 1s and 1h"));
+        }
+        if o.at_or_below == EnergyLevel::WellPowered {
+            return Err(invalid(
+                "offload.at_or_below",
+                "well-powered leaves no better level to move pods to",
+            ));
+        }
+        if !(1..=3).contains(&o.min_improvement) {
+            return Err(invalid("offload.min_improvement", "must be 1, 2 or 3"));
+        }
+        let day = Duration::from_secs(86_400);
+        if o.min_age > day {
+            return Err(invalid("offload.min_age", "must be at most 24h"));
+        }
+        for (key, n) in [
+            ("offload.max_per_pass", o.max_per_pass),
+            ("offload.max_per_node", o.max_per_node),
+            ("offload.max_per_namespace", o.max_per_namespace),
+        ] {
+            if n == 0 || n > 10_000 {
+                return Err(invalid(key, "must be between 1 and 10000"));
+            }
+        }
+        if let Some(bad) = o.excluded_namespaces.iter().find(|n| n.is_empty()) {
+            return Err(invalid(
+                "offload.excluded_namespaces",
+                format!("{bad:?} is not a namespace"),
+            ));
+        }
+        if o.cooldown > Duration::from_secs(7 * 86_400) {
+            return Err(invalid("offload.cooldown", "must be at most 7 days"));
+        }
+        if o.reservation_ttl < Duration::from_secs(1)
+            || o.reservation_ttl > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "offload.reservation_ttl",
+                "must be between 1s and 1h",
+            ));
+        }
         Ok(())
     }
 }
@@ -603,5 +727,70 @@ mod tests {
                 power: 1.0
             }
         );
+    }
+
+    #[test]
+    fn offload_keys_are_checked_and_named() {
+        let c = SchedulerConfig::from_yaml("").unwrap();
+        let o = &c.offload;
+        assert!(o.enabled && !o.dry_run);
+        assert_eq!(o.interval, Duration::from_secs(30));
+        assert_eq!(o.cooldown, Duration::from_secs(600));
+        assert_eq!(o.reservation_ttl, Duration::from_secs(120));
+        assert_eq!(
+            o.planner(EnergyLevel::LowPowered),
+            OffloadConfig::default(),
+            "the planner's defaults are the documented ones"
+        );
+        for (yaml, key) in [
+            ("offload: {interval: 0s}", "offload.interval"),
+            (
+                "offload: {at_or_below: well-powered}",
+                "offload.at_or_below",
+            ),
+            ("offload: {min_improvement: 0}", "offload.min_improvement"),
+            ("offload: {min_improvement: 4}", "offload.min_improvement"),
+            ("offload: {min_age: 2d}", "offload.min_age"),
+            ("offload: {max_per_pass: 0}", "offload.max_per_pass"),
+            ("offload: {max_per_node: 0}", "offload.max_per_node"),
+            (
+                "offload: {max_per_namespace: 0}",
+                "offload.max_per_namespace",
+            ),
+            (
+                "offload: {excluded_namespaces: ['']}",
+                "offload.excluded_namespaces",
+            ),
+            ("offload: {cooldown: 30d}", "offload.cooldown"),
+            ("offload: {reservation_ttl: 0s}", "offload.reservation_ttl"),
+        ] {
+            let err = SchedulerConfig::from_yaml(yaml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        for (yaml, key) in [
+            ("offload: {dry_runn: true}", "dry_runn"),
+            // A level names its section and the value (as policy.lowest_energy_level does).
+            ("offload:\n  at_or_below: empty\n", "\"empty\""),
+            ("offload:\n  cooldown: soon\n", "offload.cooldown"),
+            ("offload: {min_improvement: -1}", "min_improvement"),
+        ] {
+            let err = SchedulerConfig::from_yaml(yaml).unwrap_err();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        let c = SchedulerConfig::from_yaml(
+            "offload: {enabled: true, dry_run: true, at_or_below: vulnerable, min_improvement: 1, \
+             interval: 2s, min_age: 0s, cooldown: 0s, reservation_ttl: 30s, \
+             excluded_namespaces: [kube-system, batch], allow_local_storage: true}",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let planner = c.offload.planner(EnergyLevel::Powerless);
+        assert_eq!(planner.at_or_below, EnergyLevel::Vulnerable);
+        assert_eq!(planner.lowest_energy, EnergyLevel::Powerless);
+        assert!(planner.excluded_namespaces.contains("batch"));
     }
 }

@@ -1,5 +1,6 @@
 //! Wires the scheduler together: watches → cache + queue; gRPC report ingest → cache; leader
-//! election → decision loop → binds and events, and the energy adapter → node labels; metrics.
+//! election → decision loop → binds and events, the energy adapter → node labels, and the
+//! offloader → evictions; metrics.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use crate::cluster::claims::Claims;
 use crate::cluster::clients::ApiClients;
 use crate::cluster::events::EventRecorder;
 use crate::cluster::leader::{LeaderElector, LeaseSettings};
+use crate::cluster::offloader::Offloader;
 use crate::cluster::watch::{self, Synced};
 use crate::config::SchedulerConfig;
 use crate::health::{caches_in_sync, WatchHealth};
@@ -186,6 +188,32 @@ pub async fn run(
             liveness.register("energy labels", max_silence),
         ))
     });
+    // One recorder, one rate limit, for the decisions' and the offloader's events.
+    let events = EventRecorder::new(
+        clients.calls.clone(),
+        &config.scheduler_name,
+        &identity,
+        &config.events,
+        metrics.clone(),
+    );
+    // Moving pods off weak nodes: the leader's job, from the same cache, filters and pricing.
+    let offloader = config.offload.enabled.then(|| {
+        let offloader = Offloader {
+            client: clients.calls.clone(),
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            events: events.clone(),
+            score: config.policy.score_config(),
+            planner: config.offload.planner(config.policy.lowest_energy_level),
+            config: config.offload.clone(),
+            default_cpu_millicores: config.policy.default_cpu_millicores,
+        };
+        tokio::spawn(offloader.run(
+            leader_rx.clone(),
+            synced.clone(),
+            liveness.register("offloader", max_silence),
+        ))
+    });
     let decisions = Arc::new(DecisionLoop {
         client: clients.calls.clone(),
         cache: cache.clone(),
@@ -193,13 +221,7 @@ pub async fn run(
         queue: queue.clone(),
         filters: Arc::new(Filters::standard(config.policy.lowest_energy_level)),
         score: config.policy.score_config(),
-        events: EventRecorder::new(
-            clients.calls.clone(),
-            &config.scheduler_name,
-            &identity,
-            &config.events,
-            metrics.clone(),
-        ),
+        events,
         metrics: metrics.clone(),
         bind_slots: Arc::new(Semaphore::new(config.binding.concurrency)),
         bind_timeout: config.api.timeout,
@@ -260,8 +282,8 @@ pub async fn run(
     let watches = [node_watch_task, pod_watch_task];
     decide.abort();
     gauges.abort();
-    if let Some(adapter) = adapter {
-        adapter.abort();
+    for task in adapter.into_iter().chain(offloader) {
+        task.abort();
     }
     for w in watches.into_iter().chain(claim_watches) {
         w.abort();

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use wattwise_core::EnergyLevel;
 use wattwise_daemon::health::Heartbeat;
 
-use crate::api::metrics::{AttemptResult, SchedulerMetrics};
+use crate::api::metrics::{AttemptResult, ReservationOutcome, SchedulerMetrics};
 use crate::cluster::cache::ClusterCache;
 use crate::cluster::claims::Claims;
 use crate::cluster::events::{EventKind, EventRecorder, PodRef};
@@ -43,6 +43,8 @@ struct Placement {
     popped: Popped,
     node: String,
     decision: Decision,
+    /// The node was reserved for this pod by the offloader (it replaces an evicted pod).
+    reserved: bool,
 }
 
 impl DecisionLoop {
@@ -90,7 +92,25 @@ impl DecisionLoop {
         let summary = cache.advance(now);
         self.metrics.nodes(summary.nodes, summary.stale_nodes);
         let started = Instant::now();
-        let result = policy::schedule(&pod, cache.snapshot(), &self.filters, &self.score);
+        // A replacement of a pod the offloader evicted goes where it was planned to, if that
+        // node still passes every filter for it; otherwise it is scheduled like any pod.
+        let reserved = cache.take_planned(&pod.uid).and_then(|node| {
+            let placed = (cache.row(&node))
+                .and_then(|row| policy::place_on(&pod, cache.snapshot(), &self.filters, row));
+            let outcome = match placed {
+                Some(_) => ReservationOutcome::Honoured,
+                None => {
+                    info!(pod = %key, %node, "the node reserved for this replacement no longer passes the filters; scheduling it anew");
+                    ReservationOutcome::Refiltered
+                }
+            };
+            self.metrics.reservations(outcome, 1);
+            placed
+        });
+        let result = match &reserved {
+            Some(decision) => Ok(decision.clone()),
+            None => policy::schedule(&pod, cache.snapshot(), &self.filters, &self.score),
+        };
         self.metrics.decision(started.elapsed().as_secs_f64());
         match result {
             Ok(decision) => {
@@ -102,6 +122,7 @@ impl DecisionLoop {
                     popped,
                     node,
                     decision,
+                    reserved: reserved.is_some(),
                 };
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -164,11 +185,16 @@ impl DecisionLoop {
                 } else {
                     ""
                 };
+                let reserved = if p.reserved {
+                    " (reserved by the offloader)"
+                } else {
+                    ""
+                };
                 let message = format!(
-                    "assigned {} to {}: {} predicted{}{}, energy {}",
-                    key, p.node, watts, freshness, load, energy
+                    "assigned {} to {}{}: {} predicted{}{}, energy {}",
+                    key, p.node, reserved, watts, freshness, load, energy
                 );
-                info!(pod = %key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, "bound");
+                info!(pod = %key, node = %p.node, marginal_watts = watts.0, energy, fresh = p.decision.fresh, reserved = p.reserved, "bound");
                 self.events
                     .record(pod_ref(pod), EventKind::Scheduled, message);
             }

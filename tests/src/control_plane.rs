@@ -283,7 +283,7 @@ impl ControlPlane {
     pub async fn start_controller_manager(&self) -> Result<ControllerManager> {
         let mut cmd = Command::new(kube_binary("kube-controller-manager")?);
         cmd.arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
-            .arg("--controllers=deployment,replicaset,garbagecollector")
+            .arg("--controllers=deployment,replicaset,garbagecollector,disruption")
             // No service accounts exist (no token controller): every controller uses this client.
             .arg("--use-service-account-credentials=false")
             .arg("--leader-elect=false")
@@ -296,9 +296,14 @@ impl ControlPlane {
         loop {
             process.ensure_running()?;
             let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
-            if ["\"deployment\"", "\"replicaset\"", "\"garbagecollector\""]
-                .iter()
-                .all(|c| log.contains(&format!("Started {c}")))
+            if [
+                "\"deployment\"",
+                "\"replicaset\"",
+                "\"garbagecollector\"",
+                "\"disruption\"",
+            ]
+            .iter()
+            .all(|c| log.contains(&format!("Started {c}")))
             {
                 return Ok(ControllerManager { process });
             }
@@ -448,6 +453,41 @@ impl ControllerManager {
 /// `Terminating` by a delete or an eviction (its grace period runs on the kubelet), so without
 /// a kubelet it would stay forever. Deletes every such pod in `namespace` with grace 0; returns
 /// their names.
+/// Plays the kubelet for pods bound to fake nodes: marks every bound, live pod of `namespace`
+/// that is not Ready yet Running and Ready (what PodDisruptionBudgets count as healthy). Returns
+/// their names.
+pub async fn mark_bound_pods_ready(client: &Client, namespace: &str) -> Result<Vec<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut marked = Vec::new();
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+        let ready = (pod.status.as_ref().and_then(|s| s.conditions.as_ref()))
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !bound || ready || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = pod.metadata.name.unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let status = serde_json::json!({"status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+        }});
+        match pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            Ok(_) => marked.push(name),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("marking {name} ready")),
+        }
+    }
+    Ok(marked)
+}
+
 pub async fn finish_graceful_deletions(client: &Client, namespace: &str) -> Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut finished = Vec::new();

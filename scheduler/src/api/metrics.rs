@@ -28,6 +28,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabel {
     queue: &'static str,
 }
@@ -67,7 +72,35 @@ pub struct SchedulerMetrics {
     events_dropped: Counter,
     label_patches: Family<ResultLabel, Counter>,
     labelled_nodes: Family<LevelLabel, Gauge>,
+    offload_evictions: Family<ResultLabel, Counter>,
+    offload_reservations: Family<OutcomeLabel, Counter>,
+    pods_on_low_energy_nodes: Gauge,
+    offload_pass_duration: Histogram,
     synced: AtomicBool,
+}
+
+/// How an offloader's eviction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionResult {
+    Evicted,
+    /// A PodDisruptionBudget refused it (HTTP 429): tried again on a later pass.
+    PdbRefused,
+    Failed,
+    /// `offload.dry_run`: planned, not carried out.
+    DryRun,
+}
+
+/// How a reservation planned for an evicted pod's replacement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationOutcome {
+    /// The replacement was placed on the reserved node (its bind under way).
+    Honoured,
+    /// No replacement came within `offload.reservation_ttl`.
+    Expired,
+    /// The replacement came, but the reserved node no longer passed every filter for it.
+    Refiltered,
+    /// The eviction did not happen.
+    Released,
 }
 
 impl SchedulerMetrics {
@@ -91,6 +124,11 @@ impl SchedulerMetrics {
             events_dropped: Counter::default(),
             label_patches: Family::default(),
             labelled_nodes: Family::default(),
+            offload_evictions: Family::default(),
+            offload_reservations: Family::default(),
+            pods_on_low_energy_nodes: Gauge::default(),
+            // 1 ms … ~65 s: a pass lists the pods of weak nodes and evicts within limits.
+            offload_pass_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             synced: AtomicBool::new(false),
         };
         registry.register(
@@ -162,6 +200,27 @@ impl SchedulerMetrics {
             "wattwise_scheduler_energy_labelled_nodes",
             "Nodes whose energy label wattwise published, by level (as the Node objects say)",
             m.labelled_nodes.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_offload_evictions",
+            "Offloader evictions by result (evicted, pdb_refused, failed, dry_run)",
+            m.offload_evictions.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_offload_reservations",
+            "Nodes reserved for evicted pods' replacements, by outcome (honoured, expired, \
+             refiltered, released)",
+            m.offload_reservations.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_pods_on_low_energy_nodes",
+            "Pods bound to nodes at or below offload.at_or_below, at the last offloader pass",
+            m.pods_on_low_energy_nodes.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_offload_pass_duration_seconds",
+            "One offloader pass: listing the weak nodes' pods, planning, evicting",
+            m.offload_pass_duration.clone(),
         );
         registry.register(
             "wattwise_scheduler_build",
@@ -249,6 +308,35 @@ impl SchedulerMetrics {
                 })
                 .set(n as i64);
         }
+    }
+
+    pub fn eviction(&self, result: EvictionResult) {
+        let result = match result {
+            EvictionResult::Evicted => "evicted",
+            EvictionResult::PdbRefused => "pdb_refused",
+            EvictionResult::Failed => "failed",
+            EvictionResult::DryRun => "dry_run",
+        };
+        self.offload_evictions
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn reservations(&self, outcome: ReservationOutcome, n: usize) {
+        let outcome = match outcome {
+            ReservationOutcome::Honoured => "honoured",
+            ReservationOutcome::Expired => "expired",
+            ReservationOutcome::Refiltered => "refiltered",
+            ReservationOutcome::Released => "released",
+        };
+        self.offload_reservations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n as u64);
+    }
+
+    pub fn offload_pass(&self, seconds: f64, on_weak_nodes: usize) {
+        self.offload_pass_duration.observe(seconds);
+        self.pods_on_low_energy_nodes.set(on_weak_nodes as i64);
     }
 
     pub fn event_dropped(&self) {

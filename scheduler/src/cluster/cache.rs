@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use wattwise_core::{PowerCurve, ValidatedReport};
 
-use super::overlay::{Overlay, Reservation, ReservationState};
+use super::convert;
+use super::overlay::{Overlay, Replacement, Reservation, ReservationState};
 use super::power::PowerView;
 pub use super::power::ReportRejection;
 use super::published::{PublishedEnergy, ReportedEnergy};
@@ -110,6 +111,10 @@ pub struct ClusterCache {
     overlay: Overlay,
     power: PowerView,
     table: NodeTable,
+    /// Pending pods of ours that a controller made: what a planned reservation waits for.
+    replacements: HashMap<PodUid, Replacement>,
+    /// Planned reservations that expired unused since the last [`ClusterCache::take_expired_plans`].
+    expired_plans: usize,
 }
 
 impl ClusterCache {
@@ -120,6 +125,8 @@ impl ClusterCache {
             overlay: Overlay::default(),
             power: PowerView::default(),
             table: NodeTable::default(),
+            replacements: HashMap::new(),
+            expired_plans: 0,
         }
     }
 
@@ -138,6 +145,11 @@ impl ClusterCache {
 
     pub fn has_node(&self, name: &str) -> bool {
         self.table.index.contains_key(name)
+    }
+
+    /// Node `name`'s row in the snapshot.
+    pub fn row(&self, name: &str) -> Option<usize> {
+        self.table.index.get(name).copied()
     }
 
     /// Node `name` as the policy sees it (built on demand: the snapshot is what decisions read).
@@ -187,10 +199,7 @@ impl ClusterCache {
         if !self.table.snapshot.wasteful() {
             return;
         }
-        let nodes: Vec<NodeState> = (0..self.table.snapshot.len())
-            .filter_map(|i| self.node(self.table.snapshot.name(i)))
-            .collect();
-        self.table.snapshot = Snapshot::new(&nodes);
+        self.table.snapshot = Snapshot::new(&self.nodes());
     }
 
     /// A node watcher starts its initial list: nodes not listed again are dropped at the end.
@@ -226,6 +235,14 @@ impl ClusterCache {
             .overlay
             .get(&seen.uid)
             .is_some_and(|r| r.state == ReservationState::Binding);
+        match seen
+            .pending
+            .as_ref()
+            .and_then(|_| convert::replacement(pod))
+        {
+            Some(r) => self.replacements.insert(seen.uid.clone(), r),
+            None => self.replacements.remove(&seen.uid),
+        };
         match seen.pending {
             // Our bind has not shown up in the watch yet: the pod is not waiting.
             Some(_) if binding => PodChange::Unchanged,
@@ -242,6 +259,7 @@ impl ClusterCache {
     }
 
     fn remove_pod(&mut self, uid: &str) {
+        self.replacements.remove(uid);
         let mut touched = self.store.remove_pod(uid);
         touched.extend(self.overlay.remove(uid).map(|r| r.node));
         for node in touched {
@@ -290,6 +308,54 @@ impl ClusterCache {
         }
     }
 
+    // ---- the offloader's planned reservations ----
+
+    /// Holds `node`'s capacity for the replacement of `evicted` (a pod the offloader is about to
+    /// evict) until `until`: every decision counts it as a bind on its way.
+    pub fn plan_replacement(
+        &mut self,
+        evicted: &PodRequest,
+        replacement: Replacement,
+        node: &str,
+        now: Instant,
+        until: Instant,
+    ) {
+        let reservation = Reservation::binding(evicted, node, now);
+        self.overlay
+            .plan(&evicted.uid, replacement, reservation, until);
+        self.refresh(node);
+    }
+
+    /// Drops the planned reservation for `evicted`'s replacement (its eviction did not happen).
+    pub fn release_replacement(&mut self, evicted: &str) -> bool {
+        let Some(r) = self.overlay.release_planned(evicted) else {
+            return false;
+        };
+        self.refresh(&r.node);
+        true
+    }
+
+    /// The node planned for pending pod `uid` if it replaces an evicted pod, the reservation
+    /// taken: from here on the pod is decided like any other, its own bind reserving again.
+    pub fn take_planned(&mut self, uid: &str) -> Option<String> {
+        let replacement = self.replacements.get(uid)?;
+        let r = self.overlay.take_planned(replacement)?;
+        self.refresh(&r.node);
+        Some(r.node)
+    }
+
+    /// How many planned reservations expired unused since the last call.
+    pub fn take_expired_plans(&mut self) -> usize {
+        std::mem::take(&mut self.expired_plans)
+    }
+
+    /// Every node as the policy sees it, planned reservations included (the offloader's view).
+    pub fn nodes(&self) -> Vec<NodeState> {
+        (0..self.table.snapshot.len())
+            .filter_map(|i| self.node(self.table.snapshot.name(i)))
+            .collect()
+    }
+
     // ---- reports and time ----
 
     /// Takes a validated report received at `now`.
@@ -321,7 +387,11 @@ impl ClusterCache {
             self.refresh_power(&node);
         }
         let horizon = self.settings.reservation_horizon();
-        self.overlay.expire(now, horizon);
+        let expired = self.overlay.expire(now, horizon);
+        self.expired_plans += expired.len();
+        for node in expired {
+            self.refresh(&node);
+        }
         let nodes = self.table.snapshot.len();
         PowerSummary {
             nodes,
@@ -353,6 +423,11 @@ impl ClusterCache {
             };
             visit(name, &stored.published, reported);
         }
+    }
+
+    /// Node `name`'s charge as its fresh report says, in percent.
+    pub fn energy_percent(&self, name: &str) -> Option<f64> {
+        self.power.fresh(name)?.energy_percent
     }
 
     /// Nodes whose agent has reported at least once.
@@ -854,6 +929,7 @@ mod tests {
             + report_expiries
             + c.table.index.len()
             + c.table.snapshot.len()
+            + c.replacements.len()
     }
 
     #[test]
@@ -1049,5 +1125,67 @@ mod tests {
         }
         assert_snapshot_in_step(&c);
         assert!(!c.snapshot().wasteful());
+    }
+
+    /// `pod` made by ReplicaSet `web-abc` from template `abc`.
+    fn of_web(mut pod: Pod) -> Pod {
+        pod.metadata.labels = Some([("pod-template-hash".to_string(), "abc".to_string())].into());
+        pod.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "rs",
+            "controller": true
+        }))
+        .unwrap()]);
+        pod
+    }
+
+    #[test]
+    fn a_planned_reservation_holds_capacity_for_the_replacement_alone_until_its_ttl() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("weak", "4", json!({})));
+        c.apply_node(&node("target", "4", json!({})));
+        let t0 = Instant::now();
+        let evicted = of_web(pod("web-1", Some("1"), Some("weak"), "wattwise"));
+        c.apply_pod(&evicted);
+        let request = convert::pod_request(&evicted, 100).unwrap();
+        let web = convert::replacement(&evicted).unwrap();
+        let ttl = Duration::from_secs(120);
+        c.plan_replacement(&request, web.clone(), "target", t0, t0 + ttl);
+        let cpu = |c: &ClusterCache, n: &str| c.node(n).unwrap().requested.cpu_millicores;
+        assert_eq!(cpu(&c, "target"), 1000, "held for every decision");
+        // Events of the evicted pod itself (terminating, then gone) leave the plan alone.
+        c.delete_pod(&evicted);
+        assert_eq!(cpu(&c, "target"), 1000);
+        assert_snapshot_in_step(&c);
+
+        // Another pod of ours, or one of another template, finds nothing planned.
+        pending(c.apply_pod(&pod("other", Some("1"), None, "wattwise")));
+        assert_eq!(c.take_planned("uid-other"), None);
+        let mut other_template = of_web(pod("web-old", Some("1"), None, "wattwise"));
+        other_template.metadata.labels = Some([("pod-template-hash".into(), "old".into())].into());
+        pending(c.apply_pod(&other_template));
+        assert_eq!(c.take_planned("uid-web-old"), None);
+        // The replacement takes it, once.
+        pending(c.apply_pod(&of_web(pod("web-2", Some("1"), None, "wattwise"))));
+        assert_eq!(c.take_planned("uid-web-2").as_deref(), Some("target"));
+        assert_eq!(c.take_planned("uid-web-2"), None);
+        assert_eq!(cpu(&c, "target"), 0);
+
+        // Released (the eviction failed), and expired at its TTL: counted, capacity back.
+        c.plan_replacement(&request, web.clone(), "target", t0, t0 + ttl);
+        assert!(c.release_replacement(&request.uid));
+        assert!(!c.release_replacement(&request.uid));
+        c.plan_replacement(&request, web, "target", t0, t0 + ttl);
+        c.advance(t0 + ttl - Duration::from_secs(1));
+        assert_eq!((cpu(&c, "target"), c.take_expired_plans()), (1000, 0));
+        c.advance(t0 + ttl);
+        assert_eq!((cpu(&c, "target"), c.take_expired_plans()), (0, 1));
+        assert_eq!(c.take_expired_plans(), 0);
+        assert_eq!(c.take_planned("uid-web-2"), None);
+        assert_snapshot_in_step(&c);
+        c.delete_pod(&of_web(pod("web-2", None, None, "wattwise")));
+        c.delete_pod(&other_template);
+        c.delete_pod(&pod("other", None, None, "wattwise"));
+        assert_eq!(c.replacements.len(), 0);
+        assert_eq!(c.overlay.sizes().0, 0);
     }
 }

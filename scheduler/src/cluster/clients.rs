@@ -9,8 +9,8 @@ use crate::config::ApiConfig;
 
 #[derive(Clone)]
 pub struct ApiClients {
-    /// Lease, binds, events: connecting, sending, and every wait for response bytes bounded by
-    /// `api.timeout`.
+    /// Lease, binds, events, node patches, evictions: connecting, sending, and every wait for
+    /// response bytes bounded by `api.timeout`; no automatic retries (each caller has its own).
     pub calls: Client,
     /// Lists and watches: a connection silent for longer than `api.watch_timeout` plus a margin
     /// is dropped (the server ends each watch at `api.watch_timeout`), and the watcher
@@ -20,20 +20,25 @@ pub struct ApiClients {
 
 impl ApiClients {
     pub fn new(config: kube::Config, api: &ApiConfig) -> Result<Self, kube::Error> {
-        let bounded = |read: std::time::Duration| -> Result<Client, kube::Error> {
-            let mut c = config.clone();
-            // Connecting (TLS included) is bounded like any wait: a watch whose new connection
-            // hangs in its handshake is down after the watch bound, not after `api.timeout`.
-            c.connect_timeout = Some(read.min(api.timeout));
-            c.write_timeout = Some(read.min(api.timeout));
-            c.read_timeout = Some(read);
-            // Count the silence from each request, not from when a pooled connection went idle.
-            c.reset_reader_on_write = true;
-            Client::try_from(c)
-        };
+        let bounded =
+            |mut c: kube::Config, read: std::time::Duration| -> Result<Client, kube::Error> {
+                // Connecting (TLS included) is bounded like any wait: a watch whose new connection
+                // hangs in its handshake is down after the watch bound, not after `api.timeout`.
+                c.connect_timeout = Some(read.min(api.timeout));
+                c.write_timeout = Some(read.min(api.timeout));
+                c.read_timeout = Some(read);
+                // Count the silence from each request, not from when a pooled connection went idle.
+                c.reset_reader_on_write = true;
+                Client::try_from(c)
+            };
+        // kube-rs retries 429, 503 and 504 by default, with backoff up to 1000 s between 15
+        // attempts: that would stretch a call far past `api.timeout`, and a 429 from an eviction
+        // is a PodDisruptionBudget's answer, not a transient failure.
+        let mut calls = config.clone();
+        calls.default_retry = false;
         Ok(Self {
-            calls: bounded(api.timeout)?,
-            watches: bounded(api.watch_silence())?,
+            calls: bounded(calls, api.timeout)?,
+            watches: bounded(config, api.watch_silence())?,
         })
     }
 }

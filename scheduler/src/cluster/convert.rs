@@ -8,11 +8,14 @@ use k8s_openapi::api::core::v1::{
     Container, Node, NodeSelectorRequirement, Pod, PodAffinityTerm, PodSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::jiff::Timestamp;
 use thiserror::Error;
 use wattwise_core::energy::UnknownEnergyLevel;
 use wattwise_core::EnergyLevel;
 
+use super::overlay::Replacement;
 use super::quantity::{self, QuantityError};
+use crate::policy::offload::{BoundPod, Owner, OPT_OUT_ANNOTATION};
 use crate::policy::{
     ClaimState, HostPort, NodeSelectorTerm, PodConstraints, PodRequest, Protocol, Resources,
     SelectorOperator, SelectorRequirement, Taint, TaintEffect, Toleration, TolerationOperator,
@@ -441,6 +444,69 @@ pub fn host_ports(pod: &Pod) -> Result<Vec<HostPort>, ConvertError> {
     }
     Ok(ports)
 }
+
+/// The pod's controller, from its controlling owner reference; `None` for a bare pod.
+pub fn owner(pod: &Pod) -> Option<Owner> {
+    let owner =
+        (pod.metadata.owner_references.iter().flatten()).find(|o| o.controller == Some(true))?;
+    Some(Owner {
+        kind: owner.kind.clone(),
+        namespace: pod_namespace(pod).to_string(),
+        name: owner.name.clone(),
+    })
+}
+
+/// What a replacement of `pod` has in common with it: its controller and the hash of the
+/// template it was made from (`pod-template-hash` for a ReplicaSet's pods,
+/// `controller-revision-hash` for a StatefulSet's; empty when the pod carries neither).
+pub fn replacement(pod: &Pod) -> Option<Replacement> {
+    let owner = owner(pod)?;
+    let labels = pod.metadata.labels.as_ref();
+    let template = ["pod-template-hash", "controller-revision-hash"]
+        .iter()
+        .find_map(|key| labels.and_then(|l| l.get(*key)))
+        .cloned()
+        .unwrap_or_default();
+    Some(Replacement { owner, template })
+}
+
+/// A pod the API shows bound to a node, as the offloader's planner reads it; `now` dates it.
+pub fn bound_pod(
+    pod: &Pod,
+    default_cpu_millicores: u64,
+    now: Timestamp,
+) -> Result<Option<BoundPod>, ConvertError> {
+    let Some(node) = (pod.spec.as_ref())
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(None);
+    };
+    if is_terminal(pod) || pod.metadata.deletion_timestamp.is_some() {
+        return Ok(None); // leaving already
+    }
+    let annotations = pod.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let created = (pod.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0);
+    let age = now
+        .duration_since(created)
+        .try_into()
+        .unwrap_or(std::time::Duration::ZERO);
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    Ok(Some(BoundPod {
+        request: pod_request(pod, default_cpu_millicores)?,
+        node,
+        owner: owner(pod),
+        age,
+        mirror: annotation(MIRROR_ANNOTATION).is_some(),
+        local_storage: (volumes.into_iter().flatten())
+            .any(|v| v.empty_dir.is_some() || v.host_path.is_some()),
+        opted_out: annotation(OPT_OUT_ANNOTATION) == Some("false"),
+    }))
+}
+
+/// Set by the kubelet on the API's shadow of a static pod.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// The pod has finished (phase `Succeeded` or `Failed`) and holds no resources any more.
 pub fn is_terminal(pod: &Pod) -> bool {
@@ -1175,5 +1241,62 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("\"charging\""), "{err}");
+    }
+
+    #[test]
+    fn a_bound_pod_says_who_recreates_it_and_what_an_eviction_would_lose() {
+        let created = "2026-01-01T00:00:00Z";
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let owned: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "namespace": "shop", "name": "web-abc-1", "uid": "u-1",
+                "creationTimestamp": created,
+                "labels": {"pod-template-hash": "abc"},
+                "annotations": {"wattwise.io/offload": "false"},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Other", "name": "x", "uid": "o-0"},
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc",
+                     "uid": "o-1", "controller": true}
+                ]
+            },
+            "spec": {
+                "nodeName": "edge-4",
+                "containers": [container("web", json!({"cpu": "250m"}))],
+                "volumes": [{"name": "scratch", "emptyDir": {}}]
+            }
+        }))
+        .unwrap();
+        let b = bound_pod(&owned, 100, now).unwrap().unwrap();
+        let web = Owner {
+            kind: "ReplicaSet".into(),
+            namespace: "shop".into(),
+            name: "web-abc".into(),
+        };
+        assert_eq!(b.node, "edge-4");
+        assert_eq!(b.owner.as_ref(), Some(&web));
+        assert_eq!(b.age, std::time::Duration::from_secs(600));
+        assert_eq!(b.request.requests.cpu_millicores, 250);
+        assert!(b.local_storage && b.opted_out && !b.mirror);
+        assert_eq!(
+            replacement(&owned),
+            Some(Replacement {
+                owner: web,
+                template: "abc".into()
+            })
+        );
+
+        // Bare, mirror, unbound and leaving pods.
+        let mut bare = pod(json!({"nodeName": "edge-4", "containers": []}));
+        bare.metadata.annotations =
+            Some([("kubernetes.io/config.mirror".to_string(), "x".to_string())].into());
+        let b = bound_pod(&bare, 100, now).unwrap().unwrap();
+        assert!(b.owner.is_none() && b.mirror && !b.local_storage && !b.opted_out);
+        assert_eq!(replacement(&bare), None);
+        assert!(bound_pod(&pod(json!({"containers": []})), 100, now)
+            .unwrap()
+            .is_none());
+        let mut leaving = owned.clone();
+        leaving.metadata.deletion_timestamp = owned.metadata.creation_timestamp.clone();
+        assert!(bound_pod(&leaving, 100, now).unwrap().is_none());
     }
 }

@@ -1,7 +1,9 @@
-//! Pod events (`Scheduled`, `FailedScheduling`): events.k8s.io/v1, falling back to core/v1 when
-//! the API server does not serve the former. Rate-limited (token bucket) and de-duplicated (the
-//! same FailedScheduling message for a pod is not repeated within `repeat_after`), because a burst
-//! of unschedulable pods must not turn into a burst of writes against the API server.
+//! Pod events (`Scheduled`, `FailedScheduling`, the offloader's `Offloaded` and `OffloadDryRun`):
+//! events.k8s.io/v1, falling back to core/v1 when the API server does not serve the former.
+//! Rate-limited (token bucket) and de-duplicated (the same FailedScheduling or OffloadDryRun
+//! message for a pod is not repeated within `repeat_after`), because a burst of unschedulable
+//! pods, or a dry run's plan repeated every pass, must not turn into a burst of writes against
+//! the API server.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,10 @@ pub struct PodRef {
 pub enum EventKind {
     Scheduled,
     FailedScheduling,
+    /// The offloader evicted the pod and reserved a node for its replacement.
+    Offloaded,
+    /// The offloader would have (`offload.dry_run`).
+    OffloadDryRun,
 }
 
 impl EventKind {
@@ -39,14 +45,30 @@ impl EventKind {
         match self {
             Self::Scheduled => "Scheduled",
             Self::FailedScheduling => "FailedScheduling",
+            Self::Offloaded => "Offloaded",
+            Self::OffloadDryRun => "OffloadDryRun",
         }
     }
 
     fn event_type(self) -> &'static str {
         match self {
-            Self::Scheduled => "Normal",
             Self::FailedScheduling => "Warning",
+            Self::Scheduled | Self::Offloaded | Self::OffloadDryRun => "Normal",
         }
+    }
+
+    /// events.k8s.io's `action`: what was done.
+    fn action(self) -> &'static str {
+        match self {
+            Self::Scheduled => "Binding",
+            Self::FailedScheduling => "Scheduling",
+            Self::Offloaded | Self::OffloadDryRun => "Evicting",
+        }
+    }
+
+    /// Repeated unchanged while its cause lasts, so written once per `repeat_after`.
+    fn repeats(self) -> bool {
+        matches!(self, Self::FailedScheduling | Self::OffloadDryRun)
     }
 }
 
@@ -59,7 +81,7 @@ enum Admission {
 
 struct Limits {
     bucket: TokenBucket,
-    /// Last FailedScheduling message per pod and when it was written.
+    /// Last repeating message (FailedScheduling, OffloadDryRun) per pod and when it was written.
     recent: HashMap<String, (String, Instant)>,
 }
 
@@ -119,10 +141,10 @@ impl EventRecorder {
         let now = Instant::now();
         let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let key = format!("{}/{}", pod.namespace, pod.name);
-        if kind == EventKind::FailedScheduling {
+        if kind.repeats() {
             if let Some((last, at)) = limits.recent.get(&key) {
                 if last == message && now.saturating_duration_since(*at) < self.repeat_after {
-                    debug!(pod = %key, "FailedScheduling repeated within repeat_after; not written");
+                    debug!(pod = %key, reason = kind.reason(), "event repeated within repeat_after; not written");
                     return Admission::Repeat;
                 }
             }
@@ -131,7 +153,7 @@ impl EventRecorder {
             return Admission::RateLimited;
         }
         match kind {
-            EventKind::FailedScheduling => {
+            _ if kind.repeats() => {
                 if limits.recent.len() > 50_000 {
                     let horizon = self.repeat_after;
                     limits
@@ -143,6 +165,7 @@ impl EventRecorder {
             EventKind::Scheduled => {
                 limits.recent.remove(&key);
             }
+            _ => {}
         }
         Admission::Write
     }
@@ -193,10 +216,7 @@ impl EventRecorder {
                 ..Default::default()
             },
             event_time: Some(MicroTime(Timestamp::now())),
-            action: Some(match kind {
-                EventKind::Scheduled => "Binding".into(),
-                EventKind::FailedScheduling => "Scheduling".into(),
-            }),
+            action: Some(kind.action().into()),
             reason: Some(kind.reason().into()),
             note: Some(truncate(message, 1024)),
             type_: Some(kind.event_type().into()),

@@ -2,7 +2,8 @@
 //! view of the cluster ([`cache`], joining what the API says ([`store`]), what this scheduler has
 //! taken on top of it ([`overlay`]) and the agents' reports ([`power`])) fed by [`watch`], volume
 //! claims ([`claims`]), leader election ([`leader`]), pod [`events`] and the energy labels on
-//! nodes ([`published`], written by the [`adapter`]), all through bounded [`clients`].
+//! nodes ([`published`], written by the [`adapter`]) and the [`offloader`]'s evictions, all
+//! through bounded [`clients`].
 pub mod adapter;
 pub mod cache;
 pub mod claims;
@@ -10,6 +11,7 @@ pub mod clients;
 pub mod convert;
 pub mod events;
 pub mod leader;
+pub mod offloader;
 pub mod overlay;
 pub mod power;
 pub mod published;

@@ -11,13 +11,28 @@
 //!
 //! Every reservation ends: a failed bind, the pod's deletion, another node in the API, or, once
 //! starting, a report that can contain it or the time after which none can leave it out.
+//!
+//! The offloader adds a third kind ([`ReservationState::Planned`]): capacity held on a target
+//! node for the replacement of a pod it evicts, keyed by the evicted pod's UID and found by the
+//! replacement's [`Replacement`] (same owner, same template). It counts like a bind on its way
+//! until the replacement takes it, the eviction fails, or its TTL passes. Its key is derived from
+//! the evicted pod's UID ([`planned_key`]), so events of the evicted pod itself leave it alone.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::store::PodUid;
+use crate::policy::offload::Owner;
 use crate::policy::{HostPort, PodRequest, Resources};
+
+/// What identifies an evicted pod's replacement: its controller and its template
+/// (`pod-template-hash` of a ReplicaSet's pods, `controller-revision-hash` of a StatefulSet's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Replacement {
+    pub owner: Owner,
+    pub template: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReservationState {
@@ -25,6 +40,8 @@ pub enum ReservationState {
     Binding,
     /// The API shows the pod on the node; its CPU may not be in the node's measurements yet.
     Starting,
+    /// Held for an evicted pod's replacement until `until` (the offloader's plan).
+    Planned { until: Instant },
 }
 
 /// Capacity this scheduler holds on a node for one pod.
@@ -53,21 +70,32 @@ impl Reservation {
         }
     }
 
-    /// Whether a measurement observed at `observed_at` may not contain the pod yet.
+    /// Whether a measurement observed at `observed_at` may not contain the pod yet (a planned
+    /// one's pod does not exist yet: no measurement contains it).
     fn unmeasured_at(&self, observed_at: Instant, window: Duration) -> bool {
+        if matches!(self.state, ReservationState::Planned { .. }) {
+            return true;
+        }
         self.since
             .checked_add(window)
             .is_none_or(|measurable| observed_at < measurable)
     }
 }
 
+/// The key of the planned reservation for the replacement of pod `evicted`.
+pub fn planned_key(evicted: &str) -> String {
+    format!("offload/{evicted}")
+}
+
 #[derive(Debug, Default)]
 pub struct Overlay {
     reservations: HashMap<PodUid, Reservation>,
     by_node: HashMap<String, Vec<PodUid>>,
-    /// (when a starting reservation can count no more, its pod): entries of reservations that
-    /// ended or changed are skipped when they come due.
+    /// (when a starting or planned reservation can count no more, its key): entries of
+    /// reservations that ended or changed are skipped when they come due.
     expiries: BinaryHeap<Reverse<(Instant, PodUid)>>,
+    /// Planned reservations by the replacement they wait for, oldest first.
+    planned: HashMap<Replacement, Vec<PodUid>>,
 }
 
 impl Overlay {
@@ -96,8 +124,45 @@ impl Overlay {
         old
     }
 
+    /// Holds capacity on `reservation.node` for `replacement` until `until`, for the pod
+    /// `evicted` (a UID) leaves.
+    pub fn plan(
+        &mut self,
+        evicted: &str,
+        replacement: Replacement,
+        mut reservation: Reservation,
+        until: Instant,
+    ) {
+        let key = planned_key(evicted);
+        reservation.state = ReservationState::Planned { until };
+        self.reserve(&key, reservation);
+        self.planned
+            .entry(replacement)
+            .or_default()
+            .push(key.clone());
+        self.expiries.push(Reverse((until, key)));
+    }
+
+    /// Ends the planned reservation for the pod `evicted` (the eviction did not happen).
+    pub fn release_planned(&mut self, evicted: &str) -> Option<Reservation> {
+        self.remove(&planned_key(evicted))
+    }
+
+    /// Takes the oldest planned reservation waiting for `replacement`.
+    pub fn take_planned(&mut self, replacement: &Replacement) -> Option<Reservation> {
+        let uid = self.planned.get(replacement)?.first()?.clone();
+        self.remove(&uid)
+    }
+
     pub fn remove(&mut self, uid: &str) -> Option<Reservation> {
         let old = self.reservations.remove(uid)?;
+        if matches!(old.state, ReservationState::Planned { .. }) {
+            // Few are planned at a time (the offloader's per-pass limit): a scan is cheap.
+            self.planned.retain(|_, uids| {
+                uids.retain(|u| u != uid);
+                !uids.is_empty()
+            });
+        }
         if let Some(uids) = self.by_node.get_mut(&old.node) {
             if let Some(pos) = uids.iter().position(|u| u == uid) {
                 uids.swap_remove(pos);
@@ -135,7 +200,8 @@ impl Overlay {
         Some(r.node.clone())
     }
 
-    /// Adds the requests and host ports of the pods being bound to `node`.
+    /// Adds the requests and host ports of the pods being bound to `node`, and of the
+    /// replacements planned there.
     pub fn add_binding(
         &self,
         node: &str,
@@ -143,7 +209,7 @@ impl Overlay {
         host_ports: &mut Vec<HostPort>,
     ) {
         for r in self.on(node) {
-            if r.state == ReservationState::Binding {
+            if r.state != ReservationState::Starting {
                 requested.add(&r.requests);
                 host_ports.extend(r.host_ports.iter().cloned());
             }
@@ -179,8 +245,10 @@ impl Overlay {
         }
     }
 
-    /// Ends the starting reservations whose horizon passed by `now`.
-    pub fn expire(&mut self, now: Instant, horizon: Duration) {
+    /// Ends the starting reservations whose horizon passed by `now`, and the planned ones whose
+    /// TTL did; returns the nodes of the planned ones (their replacements never came).
+    pub fn expire(&mut self, now: Instant, horizon: Duration) -> Vec<String> {
+        let mut planned = Vec::new();
         while let Some(Reverse((due, _))) = self.expiries.peek() {
             if *due > now {
                 break;
@@ -188,13 +256,20 @@ impl Overlay {
             let Some(Reverse((due, uid))) = self.expiries.pop() else {
                 break;
             };
-            let current = self.reservations.get(&uid).is_some_and(|r| {
-                r.state == ReservationState::Starting && r.since.checked_add(horizon) == Some(due)
+            let current = self.reservations.get(&uid).map(|r| match r.state {
+                ReservationState::Starting => r.since.checked_add(horizon) == Some(due),
+                ReservationState::Planned { until } => until == due,
+                ReservationState::Binding => false,
             });
-            if current {
-                self.remove(&uid);
+            if current == Some(true) {
+                if let Some(r) = self.remove(&uid) {
+                    if matches!(r.state, ReservationState::Planned { .. }) {
+                        planned.push(r.node);
+                    }
+                }
             }
         }
+        planned
     }
 
     /// `node` is gone: nothing starts there any more. Binds on their way keep their

@@ -106,14 +106,36 @@ pub fn schedule(
     let Some(index) = shortlist.choose(pod, nodes) else {
         return Err(explain(pod, nodes, filters));
     };
+    Ok(decision(pod, nodes, index, scan.feasible().len()))
+}
+
+/// Places `pod` on node `index` chosen beforehand (the offloader's reservation for a
+/// replacement) if the node passes every filter for it, as [`schedule`] would count it there;
+/// `None` when it does not.
+pub fn place_on(
+    pod: &PodRequest,
+    nodes: &Snapshot,
+    filters: &Filters,
+    index: usize,
+) -> Option<Decision> {
+    if !constraints::unsupported(&pod.constraints).is_empty() {
+        return None;
+    }
+    let scan = filters.scan(pod, nodes, false);
+    let feasible = scan.feasible();
+    (index < nodes.len() && feasible.contains(index))
+        .then(|| decision(pod, nodes, index, feasible.len()))
+}
+
+fn decision(pod: &PodRequest, nodes: &Snapshot, index: usize, feasible: usize) -> Decision {
     let node = nodes.power(index);
-    Ok(Decision {
+    Decision {
         node: index,
         marginal: node.price(pod.pricing_cpu_millicores),
         energy: node.energy,
         fresh: node.fresh,
-        feasible: scan.feasible().len(),
-    })
+        feasible,
+    }
 }
 
 /// The nodes `pod` passes every filter on, ascending: the same feasibility as [`schedule`], for
@@ -263,5 +285,31 @@ mod tests {
         );
         gated.constraints.scheduling_gates.clear();
         assert!(schedule(&gated, &nodes, &filters, &ScoreConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn a_node_chosen_beforehand_takes_the_pod_only_if_it_passes_every_filter() {
+        let filters = Filters::standard(EnergyLevel::LowPowered);
+        let mut full = node("full");
+        full.requested.cpu_millicores = full.allocatable.cpu_millicores;
+        let mut dear = node("dear");
+        dear.power = power(100.0, 900.0);
+        let nodes = Snapshot::new(&[node("cheap"), full, dear]);
+        let p = pod("p");
+        // Not the node schedule() would pick, and still taken: it passes every filter.
+        let d = place_on(&p, &nodes, &filters, 2).unwrap();
+        assert_eq!((d.node, d.feasible), (2, 2));
+        assert_eq!(d.marginal, nodes.power(2).price(p.pricing_cpu_millicores));
+        assert_ne!(
+            schedule(&p, &nodes, &filters, &ScoreConfig::default())
+                .unwrap()
+                .node,
+            2
+        );
+        assert_eq!(place_on(&p, &nodes, &filters, 1), None, "full");
+        assert_eq!(place_on(&p, &nodes, &filters, 3), None, "no such row");
+        let mut gated = pod("g");
+        gated.constraints.scheduling_gates = vec!["example.com/wait".into()];
+        assert_eq!(place_on(&gated, &nodes, &filters, 0), None);
     }
 }
