@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use wattwise_core::EnergyLevel;
-use wattwise_scheduler::policy::offload::OffloadConfig;
+use wattwise_scheduler::config::{OffloaderConfig, PolicyConfig};
 
 use crate::cluster::{Cluster, PodPhase, SimNode, SimPod};
 use crate::report::PlacementQuality;
@@ -102,26 +102,21 @@ pub trait Placement {
 }
 
 /// The scheduler's own decision (`policy::schedule`, default filters and score config) and, with
-/// the offloader, its planner (`offload::plan`, default `OffloadConfig`) every 30 s (the
-/// offloader's default period): each planned move evicts the pod and reserves the target for
-/// its replacement.
+/// the offloader, its planner (`offload::plan`) on the scheduler's default `offload:`
+/// configuration (pass period, per-owner cooldown, limits): each planned move evicts the pod and
+/// reserves the target for its replacement.
 struct Wattwise {
-    offloader: bool,
+    /// The scheduler's own `offload:` defaults, when the offloader runs.
+    offloader: Option<OffloaderConfig>,
     quality: PlacementQuality,
     /// Pods moved and when: their owners cool down.
     moved: HashMap<usize, f64>,
 }
 
-/// The offloader's default pass period.
-const OFFLOAD_SECONDS: f64 = 30.0;
-/// Per-owner cooldown after a move. The scheduler's offloader configuration (issue 13's I/O
-/// pass) is not merged yet; 10 minutes is this simulation's choice until it is.
-const OWNER_COOLDOWN_SECONDS: f64 = 600.0;
-
 impl Wattwise {
     fn with_offloader(offloader: bool) -> Self {
         Self {
-            offloader,
+            offloader: offloader.then(OffloaderConfig::default),
             quality: PlacementQuality::default(),
             moved: HashMap::new(),
         }
@@ -134,7 +129,7 @@ impl Placement for Wattwise {
     }
 
     fn tick_seconds(&self) -> Option<f64> {
-        self.offloader.then_some(OFFLOAD_SECONDS)
+        self.offloader.as_ref().map(|o| o.interval.as_secs_f64())
     }
 
     fn tick(
@@ -144,9 +139,12 @@ impl Placement for Wattwise {
         view: &SchedulerView,
         _: &mut StdRng,
     ) -> Vec<Eviction> {
-        let config = OffloadConfig::default();
-        self.moved
-            .retain(|_, &mut at| now - at < OWNER_COOLDOWN_SECONDS);
+        let Some(offloader) = &self.offloader else {
+            return Vec::new();
+        };
+        let config = offloader.planner(PolicyConfig::default().lowest_energy_level);
+        let cooldown = offloader.cooldown.as_secs_f64();
+        self.moved.retain(|_, &mut at| now - at < cooldown);
         // Only pods on nodes the planner would look at: it skips the others itself, and
         // handing it every pod of a large cluster each pass costs time for nothing.
         let mut candidates = Vec::new();
