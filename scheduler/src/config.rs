@@ -657,19 +657,27 @@ mod tests {
             .contains("reports.default_idle_watts"));
     }
 
+    /// Each YAML parses but is refused by validation with an error naming its key.
+    fn refused_by_name(cases: &[(&str, &str)]) {
+        for (yaml, key) in cases {
+            let err = SchedulerConfig::from_yaml(yaml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+    }
+
     #[test]
     fn api_and_health_bounds_are_validated_by_name() {
-        for (yaml, key) in [
+        refused_by_name(&[
             ("api: {timeout: 0s}\n", "api.timeout"),
             ("api: {watch_timeout: 1500ms}\n", "api.watch_timeout"),
             ("api: {watch_timeout: 2h}\n", "api.watch_timeout"),
             ("health: {max_silence: 1s}\n", "health.max_silence"),
             ("health: {max_silence: 5s}\n", "health.max_silence"),
-        ] {
-            let c = SchedulerConfig::from_yaml(yaml).unwrap();
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.contains(key), "{yaml}: {err}");
-        }
+        ]);
         let c = SchedulerConfig::from_yaml("api: {timeout: 2s, watch_timeout: 10s}\n").unwrap();
         c.validate().unwrap();
         assert_eq!(c.api.watch_silence(), Duration::from_secs(15));
@@ -681,7 +689,7 @@ mod tests {
         assert!(c.energy_labels.publish);
         assert_eq!(c.energy_labels.patches_per_second, 10.0);
         assert_eq!(c.energy_labels.burst, 100);
-        for (yaml, key) in [
+        refused_by_name(&[
             (
                 "energy_labels: {patches_per_second: 0}",
                 "energy_labels.patches_per_second",
@@ -695,14 +703,7 @@ mod tests {
                 "energy_labels.patches_per_second",
             ),
             ("energy_labels: {burst: 0}", "energy_labels.burst"),
-        ] {
-            let err = SchedulerConfig::from_yaml(yaml)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{yaml}: {err}");
-        }
+        ]);
         let err = SchedulerConfig::from_yaml("energy_labels: {publsh: true}").unwrap_err();
         assert!(err.contains("publsh"), "{err}");
         SchedulerConfig::from_yaml(
@@ -742,7 +743,7 @@ mod tests {
             OffloadConfig::default(),
             "the planner's defaults are the documented ones"
         );
-        for (yaml, key) in [
+        refused_by_name(&[
             ("offload: {interval: 0s}", "offload.interval"),
             (
                 "offload: {at_or_below: well-powered}",
@@ -763,14 +764,7 @@ mod tests {
             ),
             ("offload: {cooldown: 30d}", "offload.cooldown"),
             ("offload: {reservation_ttl: 0s}", "offload.reservation_ttl"),
-        ] {
-            let err = SchedulerConfig::from_yaml(yaml)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{yaml}: {err}");
-        }
+        ]);
         for (yaml, key) in [
             ("offload: {dry_runn: true}", "dry_runn"),
             // A level names its section and the value (as policy.lowest_energy_level does).

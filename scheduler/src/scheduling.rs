@@ -87,7 +87,7 @@ impl DecisionLoop {
             return; // bound by someone else, deleted, or no longer ours since it was popped
         }
         let pod = self.claims.resolve(pod);
-        let key = pod_key(&pod);
+        let key = pod_ref(&pod).key();
         let now = Instant::now();
         let summary = cache.advance(now);
         self.metrics.nodes(summary.nodes, summary.stale_nodes);
@@ -144,7 +144,7 @@ impl DecisionLoop {
 
     async fn bind(&self, p: Placement) {
         let pod = &p.popped.pod;
-        let key = pod_key(pod);
+        let key = pod_ref(pod).key();
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(pod.name.clone()),
@@ -235,15 +235,6 @@ impl DecisionLoop {
     }
 }
 
-/// `namespace/name`, for people: logs and events.
-fn pod_key(pod: &PodRequest) -> String {
-    format!("{}/{}", pod.namespace, pod.name)
-}
-
 fn pod_ref(pod: &PodRequest) -> PodRef {
-    PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-    }
+    PodRef::new(&pod.namespace, &pod.name, &pod.uid)
 }

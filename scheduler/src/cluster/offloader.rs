@@ -200,7 +200,7 @@ impl Offloader {
 
     fn dry_run(&self, planned: &Planned) {
         let message = describe(planned.step, planned.percent, true);
-        info!(pod = %pod_key(planned.step), from = %planned.step.from, to = %planned.step.to, "dry run: {message}");
+        info!(pod = %pod_ref(planned.step).key(), from = %planned.step.from, to = %planned.step.to, "dry run: {message}");
         self.metrics.eviction(EvictionResult::DryRun);
         self.events
             .record(pod_ref(planned.step), EventKind::OffloadDryRun, message);
@@ -233,7 +233,7 @@ impl Offloader {
                 now,
                 now + self.config.reservation_ttl,
             );
-        let key = pod_key(m);
+        let key = pod_ref(m).key();
         match self.evict(m, &version).await {
             Ok(()) => {
                 self.metrics.eviction(EvictionResult::Evicted);
@@ -331,16 +331,8 @@ fn skips(skipped: &BTreeMap<Skip, usize>) -> String {
     pairs.join(" ")
 }
 
-fn pod_key(m: &Move) -> String {
-    format!("{}/{}", m.namespace, m.name)
-}
-
 fn pod_ref(m: &Move) -> PodRef {
-    PodRef {
-        namespace: m.namespace.clone(),
-        name: m.name.clone(),
-        uid: m.uid.clone(),
-    }
+    PodRef::new(&m.namespace, &m.name, &m.uid)
 }
 
 #[cfg(test)]
