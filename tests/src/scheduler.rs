@@ -10,6 +10,9 @@ use anyhow::Result;
 use crate::control_plane::ControlPlane;
 use crate::served::{workspace_binary, ServedProcess};
 
+/// The reports line of [`TEST_CONFIG`].
+const REPORTS: &str = "reports: {interval: 1s}";
+
 /// Settings for tests: short leases, fast retries, reports every second.
 pub const TEST_CONFIG: &str = "\
 reports: {interval: 1s}
@@ -27,7 +30,23 @@ impl SchedulerProcess {
     /// Starts a replica named `identity` with [`TEST_CONFIG`] followed by `extra_yaml` (later
     /// keys must not repeat earlier top-level ones) and waits until its caches are synced.
     pub async fn start(plane: &ControlPlane, identity: &str, extra_yaml: &str) -> Result<Self> {
-        let mut s = Self::spawn(plane, identity, &format!("{TEST_CONFIG}{extra_yaml}"))?;
+        Self::start_with_reports(plane, identity, "interval: 1s", extra_yaml).await
+    }
+
+    /// As [`Self::start`], with the `reports` section of [`TEST_CONFIG`] replaced by
+    /// `{reports}` (e.g. `interval: 1s, stale_after: 30s`).
+    pub async fn start_with_reports(
+        plane: &ControlPlane,
+        identity: &str,
+        reports: &str,
+        extra_yaml: &str,
+    ) -> Result<Self> {
+        let config = TEST_CONFIG.replace(REPORTS, &format!("reports: {{{reports}}}"));
+        anyhow::ensure!(
+            config.contains(reports),
+            "TEST_CONFIG has no `{REPORTS}` line"
+        );
+        let mut s = Self::spawn(plane, identity, &format!("{config}{extra_yaml}"))?;
         s.served.wait_ready(Duration::from_secs(30)).await?;
         Ok(s)
     }

@@ -59,6 +59,11 @@ struct Cluster {
     pump: ReportPump,
 }
 
+/// Reports stay fresh through a loaded machine's stalls of the test's report pump: these tests
+/// are about levels, and a node whose report went stale for a moment ranks after fresh ones
+/// whatever its level (a CI run once bound a replacement to the weak node that way).
+const STEADY_REPORTS: &str = "interval: 1s, stale_after: 30s";
+
 impl Cluster {
     /// `nodes` reporting `spec`, the scheduler with [`TEST_CONFIG`] + `extra_yaml`; returns once
     /// every node has a fresh report.
@@ -68,7 +73,9 @@ impl Cluster {
         for (node, _) in &nodes {
             plane.create_ready_node(node).await?;
         }
-        let scheduler = SchedulerProcess::start(&plane, "replica-a", extra_yaml).await?;
+        let scheduler =
+            SchedulerProcess::start_with_reports(&plane, "replica-a", STEADY_REPORTS, extra_yaml)
+                .await?;
         let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
         for (node, spec) in nodes {
             pump.set(&node.name, spec);
@@ -507,12 +514,14 @@ async fn a_leader_killed_while_offloading_evicts_nothing_twice_and_leaks_no_rese
     // Three moves a pass: the work spans passes, and the leader dies among them.
     let offload = "offload: {interval: 1s, min_age: 0s, cooldown: 0s, reservation_ttl: 5s, \
                    max_per_pass: 3}\n";
-    let mut first = SchedulerProcess::start(&plane, "replica-a", offload).await?;
+    let mut first =
+        SchedulerProcess::start_with_reports(&plane, "replica-a", STEADY_REPORTS, offload).await?;
     wait_until("replica-a leads", Duration::from_secs(20), || async {
         first.is_leader().await
     })
     .await?;
-    let second = SchedulerProcess::start(&plane, "replica-b", offload).await?;
+    let second =
+        SchedulerProcess::start_with_reports(&plane, "replica-b", STEADY_REPORTS, offload).await?;
     let pumps = [first.grpc_addr(), second.grpc_addr()]
         .map(|addr| ReportPump::start(addr, Duration::from_millis(300)));
     for pump in &pumps {
