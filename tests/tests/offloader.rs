@@ -652,7 +652,11 @@ async fn a_reservation_ends_at_its_ttl_or_when_its_node_no_longer_fits_the_repla
     .with_context(|| offload_log(&c.scheduler))?;
     c.controllers = Some(c.plane.start_controller_manager().await?);
     let after = wait_live_bound(&c.client, NS, "app=web", 2).await?;
-    assert!(on(&after, "weak").is_empty(), "{after:?}");
+    assert!(
+        on(&after, "weak").is_empty(),
+        "{after:?}\n{}",
+        offload_log(&c.scheduler)
+    );
     assert_eq!(c.count(HONOURED).await? + c.count(REFILTERED).await?, 0.0);
 
     // A node where the replacements are weakens; the target reserved for its pod stops fitting
@@ -678,7 +682,11 @@ async fn a_reservation_ends_at_its_ttl_or_when_its_node_no_longer_fits_the_repla
     taint(&c.client, target).await?;
     c.controllers = Some(c.plane.start_controller_manager().await?);
     let last = wait_live_bound(&c.client, NS, "app=web", 2).await?;
-    assert!(on(&last, target).is_empty(), "{last:?}");
+    assert!(
+        on(&last, target).is_empty(),
+        "{last:?}\n{}",
+        offload_log(&c.scheduler)
+    );
     assert_eq!(c.count(REFILTERED).await?, moving.len() as f64);
     assert_eq!(c.count(HONOURED).await?, 0.0);
     Ok(())
