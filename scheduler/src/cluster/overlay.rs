@@ -216,11 +216,6 @@ impl Overlay {
         }
     }
 
-    /// Whether pods are being bound to `node`.
-    pub fn binding_on(&self, node: &str) -> bool {
-        self.on(node).any(|r| r.state == ReservationState::Binding)
-    }
-
     /// CPU of the pods placed on `node` that a measurement observed at `observed_at` may not
     /// contain yet: placed less than `window` before it.
     pub fn unmeasured_cpu(&self, node: &str, observed_at: Instant, window: Duration) -> u64 {
