@@ -305,11 +305,7 @@ impl SchedulerView {
     /// Whether the planner would look at pods on `node` under `config`: its level (unknown
     /// taken as the score config does) at or below the candidates' level.
     pub fn weakly_powered(&self, node: usize, config: &OffloadConfig) -> bool {
-        self.states[node]
-            .power
-            .energy
-            .unwrap_or(self.score.unknown_energy)
-            <= config.at_or_below
+        config.drains(&self.states[node].power, &self.score)
     }
 
     fn update_usage(&mut self, node: usize, now: f64) {

@@ -170,9 +170,7 @@ impl Offloader {
         let now = Timestamp::now();
         let api = Api::<Pod>::all(self.client.clone());
         let (mut pods, mut replacements) = (Vec::new(), HashMap::new());
-        let weak = nodes.iter().filter(|n| {
-            n.power.energy.unwrap_or(self.score.unknown_energy) <= self.planner.at_or_below
-        });
+        let weak = (nodes.iter()).filter(|n| self.planner.drains(&n.power, &self.score));
         for node in weak {
             let params = ListParams::default().fields(&format!("spec.nodeName={}", node.name));
             let listed = match api.list(&params).await {

@@ -93,6 +93,14 @@ impl Default for OffloadConfig {
     }
 }
 
+impl OffloadConfig {
+    /// Whether the pods of a node with `power` are candidates: its level (unknown taken as
+    /// `score` takes it) at or below `at_or_below`.
+    pub fn drains(&self, power: &NodePower, score: &ScoreConfig) -> bool {
+        power.energy.unwrap_or(score.unknown_energy) <= self.at_or_below
+    }
+}
+
 /// Why a pod on a weak node is not moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Skip {
@@ -197,10 +205,10 @@ pub fn plan(
         let Some(&at) = index.get(pod.node.as_str()) else {
             continue; // a node the view does not hold (gone meanwhile)
         };
-        let level = level_of(&nodes[at].power);
-        if level > config.at_or_below {
+        if !config.drains(&nodes[at].power, score) {
             continue;
         }
+        let level = level_of(&nodes[at].power);
         plan.on_weak_nodes += 1;
         match ineligible(pod, config, cooling_down) {
             Some(skip) => *plan.skipped.entry(skip).or_default() += 1,
