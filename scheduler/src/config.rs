@@ -132,6 +132,8 @@ pub struct PolicyConfig {
     pub default_cpu_millicores: u64,
     /// Marginal watts closer than this count as a tie (broken by a per-pod hash).
     pub tie_watts: f64,
+    /// Charge small pods for the CPU they strand on nodes whose pod limit fills first.
+    pub slot_pricing: bool,
 }
 
 impl Default for PolicyConfig {
@@ -145,6 +147,7 @@ impl Default for PolicyConfig {
             energy_label: "energy-status".into(),
             default_cpu_millicores: 100,
             tie_watts: 0.05,
+            slot_pricing: true,
         }
     }
 }
@@ -161,6 +164,7 @@ impl PolicyConfig {
             },
             unknown_energy: self.unknown_energy_level,
             tie_watts: self.tie_watts,
+            slot_pricing: self.slot_pricing,
         }
     }
 }
@@ -712,6 +716,17 @@ mod tests {
         .unwrap()
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn slot_pricing_is_on_by_default_and_can_be_turned_off() {
+        let c = SchedulerConfig::from_yaml("").unwrap();
+        assert!(c.policy.score_config().slot_pricing);
+        let c = SchedulerConfig::from_yaml("policy: {slot_pricing: false}\n").unwrap();
+        c.validate().unwrap();
+        assert!(!c.policy.score_config().slot_pricing);
+        let err = SchedulerConfig::from_yaml("policy: {slot_pricing: maybe}\n").unwrap_err();
+        assert!(err.contains("slot_pricing"), "{err}");
     }
 
     #[test]

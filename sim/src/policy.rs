@@ -12,6 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use wattwise_core::EnergyLevel;
 use wattwise_scheduler::config::{OffloaderConfig, PolicyConfig};
+use wattwise_scheduler::policy::ScoreConfig;
 
 use crate::cluster::{Cluster, PodPhase, SimNode, SimPod};
 use crate::report::PlacementQuality;
@@ -22,6 +23,7 @@ use crate::view::{OffloadCandidate, SchedulerView};
 pub enum PolicyName {
     Wattwise,
     WattwiseNoOffload,
+    WattwiseNoSlotPricing,
     KubeDefault,
     MostAllocated,
     Random,
@@ -34,6 +36,7 @@ impl PolicyName {
         match self {
             Self::Wattwise => "wattwise",
             Self::WattwiseNoOffload => "wattwise-no-offload",
+            Self::WattwiseNoSlotPricing => "wattwise-no-slot-pricing",
             Self::KubeDefault => "kube-default",
             Self::MostAllocated => "most-allocated",
             Self::Random => "random",
@@ -44,8 +47,15 @@ impl PolicyName {
 
     pub fn build(self) -> Box<dyn Placement> {
         match self {
-            Self::Wattwise => Box::new(Wattwise::with_offloader(true)),
-            Self::WattwiseNoOffload => Box::new(Wattwise::with_offloader(false)),
+            Self::Wattwise => Box::new(Wattwise::new(true, ScoreConfig::default())),
+            Self::WattwiseNoOffload => Box::new(Wattwise::new(false, ScoreConfig::default())),
+            Self::WattwiseNoSlotPricing => Box::new(Wattwise::new(
+                true,
+                ScoreConfig {
+                    slot_pricing: false,
+                    ..ScoreConfig::default()
+                },
+            )),
             Self::KubeDefault => Box::new(Kube(Strategy::LeastAllocated)),
             Self::MostAllocated => Box::new(Kube(Strategy::MostAllocated)),
             Self::Random => Box::new(Random),
@@ -101,11 +111,12 @@ pub trait Placement {
     ) -> Option<usize>;
 }
 
-/// The scheduler's own decision (`policy::schedule`, default filters and score config) and, with
-/// the offloader, its planner (`offload::plan`) on the scheduler's default `offload:`
+/// The scheduler's own decision (`policy::schedule`, default filters, the default score config
+/// or a variant's) and, with the offloader, its planner (`offload::plan`) on the scheduler's default `offload:`
 /// configuration (pass period, per-owner cooldown, limits): each planned move evicts the pod and
 /// reserves the target for its replacement.
 struct Wattwise {
+    score: ScoreConfig,
     /// The scheduler's own `offload:` defaults, when the offloader runs.
     offloader: Option<OffloaderConfig>,
     quality: PlacementQuality,
@@ -114,8 +125,9 @@ struct Wattwise {
 }
 
 impl Wattwise {
-    fn with_offloader(offloader: bool) -> Self {
+    fn new(offloader: bool, score: ScoreConfig) -> Self {
         Self {
+            score,
             offloader: offloader.then(OffloaderConfig::default),
             quality: PlacementQuality::default(),
             moved: HashMap::new(),
@@ -168,7 +180,7 @@ impl Placement for Wattwise {
             return Vec::new();
         }
         let cooling: BTreeSet<usize> = self.moved.keys().copied().collect();
-        let moves = view.plan_offload(&candidates, &config, &cooling);
+        let moves = view.plan_offload(&candidates, &config, &cooling, &self.score);
         moves
             .into_iter()
             .map(|(pod, to)| {
@@ -189,7 +201,7 @@ impl Placement for Wattwise {
         view: &SchedulerView,
         _: &mut StdRng,
     ) -> Option<usize> {
-        let decision = view.schedule(&pod.request).ok()?;
+        let decision = view.schedule(&pod.request, &self.score).ok()?;
         let check = view.price_check(&pod.request, &decision, |node, u| {
             cluster.nodes[node].hardware.watts(u)
         });
@@ -691,7 +703,7 @@ mod tests {
             };
             view.report(i, report, 0.0);
         }
-        let mut policy = Wattwise::with_offloader(true);
+        let mut policy = Wattwise::new(true, ScoreConfig::default());
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(policy.tick_seconds(), Some(30.0));
         // The old pod moves, reserved on the well-powered node; the young one (under the
@@ -706,6 +718,9 @@ mod tests {
         // Its owner cools down: the next pass (the pod seen still there) moves nothing.
         assert!(policy.tick(30.0, &c, &view, &mut rng).is_empty());
         // Without the offloader, no ticks at all.
-        assert_eq!(Wattwise::with_offloader(false).tick_seconds(), None);
+        assert_eq!(
+            Wattwise::new(false, ScoreConfig::default()).tick_seconds(),
+            None
+        );
     }
 }

@@ -170,9 +170,14 @@ impl SchedulerView {
         }
     }
 
-    /// wattwise's decision, by the scheduler's own policy with its default filters and score.
-    pub fn schedule(&self, pod: &PodRequest) -> Result<Decision, Unschedulable> {
-        policy::schedule(pod, &self.snapshot, &self.filters, &self.score)
+    /// wattwise's decision, by the scheduler's own policy with its default filters and `score`
+    /// (the default, or a variant's).
+    pub fn schedule(
+        &self,
+        pod: &PodRequest,
+        score: &ScoreConfig,
+    ) -> Result<Decision, Unschedulable> {
+        policy::schedule(pod, &self.snapshot, &self.filters, score)
     }
 
     /// Nodes kube-scheduler's filters pass (no energy floor).
@@ -273,6 +278,7 @@ impl SchedulerView {
         pods: &[OffloadCandidate<'_>],
         config: &OffloadConfig,
         cooling_down: &BTreeSet<usize>,
+        score: &ScoreConfig,
     ) -> Vec<(usize, usize)> {
         let bound: Vec<BoundPod> = pods
             .iter()
@@ -291,7 +297,7 @@ impl SchedulerView {
             .filter(|c| cooling_down.contains(&c.pod))
             .map(|c| owner_of(c.request))
             .collect();
-        let plan = offload::plan(&self.states, &bound, &self.score, config, &cooling);
+        let plan = offload::plan(&self.states, &bound, score, config, &cooling);
         let by_uid: HashMap<&str, usize> = pods
             .iter()
             .map(|c| (c.request.uid.as_str(), c.pod))
@@ -444,7 +450,7 @@ mod tests {
                 memory_mib: 64,
             },
         );
-        let decision = view.schedule(&pod).unwrap();
+        let decision = view.schedule(&pod, &ScoreConfig::default()).unwrap();
         // Both report 50 → 150 W; truly, a rises 200 W over its range and b 50 W.
         let truth = |node: usize, u: f64| 50.0 + if node == 0 { 200.0 } else { 50.0 } * u;
         let check = view.price_check(&pod, &decision, truth);

@@ -15,6 +15,7 @@ use kube::Client;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use wattwise_core::{EnergyLevel, MarginalWatts};
+use wattwise_scheduler::config::PolicyConfig;
 use wattwise_sim::agent::{Models, Report};
 use wattwise_sim::scenario::Scenario;
 use wattwise_sim::view::{pod_request, Capacity, Requests, SchedulerView};
@@ -83,6 +84,8 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
         .map(|n| (n.name.clone(), n.hardware.capacity()))
         .collect();
     let mut view = SchedulerView::new(&capacities, START_WINDOW_SECONDS, START_WINDOW_SECONDS);
+    // The binary runs its default `policy:` (slot pricing on).
+    let score = PolicyConfig::default().score_config();
     let mut rng = StdRng::seed_from_u64(SEED);
     let noise = scenario.reports.sensor_noise;
     let levels = initial_levels();
@@ -169,7 +172,7 @@ async fn the_simulators_placements_are_the_real_schedulers() -> Result<()> {
                     memory_mib: pod.memory_mib,
                 };
                 let request = pod_request(&uid, requests);
-                let expected = match view.schedule(&request) {
+                let expected = match view.schedule(&request, &score) {
                     Ok(decision) => decision,
                     Err(why) => bail!("the view found no node for {}: {why:?}", pod.name),
                 };

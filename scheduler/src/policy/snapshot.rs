@@ -364,6 +364,18 @@ impl Snapshot {
         &self.power[index]
     }
 
+    /// The mean CPU request of the pods on the nodes (their pod counts' and CPU requests'
+    /// sums); `None` without pods.
+    pub(crate) fn mean_pod_cpu_millicores(&self) -> Option<f64> {
+        let (cpu, pods) = self.fits.iter().fold((0u64, 0u64), |(cpu, pods), fit| {
+            (
+                cpu.saturating_add(fit.requested.cpu_millicores),
+                pods.saturating_add(fit.requested.pods),
+            )
+        });
+        (pods > 0).then(|| cpu as f64 / pods as f64)
+    }
+
     /// The id of `s` in this snapshot, or one no node carries.
     pub(crate) fn symbol(&self, s: &str) -> Sym {
         self.symbols.get(s)
