@@ -544,6 +544,12 @@ impl FakeNode {
         self
     }
 
+    /// The kubelet's pod limit (`maxPods`): allocatable pods.
+    pub fn pods(mut self, pods: u32) -> Self {
+        self.pods = pods;
+        self
+    }
+
     pub fn memory_gib(mut self, gib: u64) -> Self {
         self.memory_bytes = gib << 30;
         self

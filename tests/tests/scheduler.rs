@@ -859,3 +859,58 @@ leader_election: {enabled: false}
     assert!(scheduler.is_running(), "{}", scheduler.log_tail(40));
     Ok(())
 }
+
+/// Policy `slot_pricing`: an efficient node with a pod limit of 4 keeps its last free slots for
+/// pods that use its CPU; the same state without slot pricing fills them with whatever comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_pod_slots_of_an_efficient_node_go_to_pods_that_use_its_cpu() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(
+        &plane,
+        &[
+            FakeNode::new("efficient").cpu(16_000).pods(4),
+            FakeNode::new("dear").cpu(16_000),
+        ],
+    )
+    .await?;
+    // 6.25 W per core against 18.75.
+    let report = |pump: &ReportPump| {
+        pump.set("efficient", NodePowerSpec::new(16_000, 100.0, 200.0, 1.0));
+        pump.set("dear", NodePowerSpec::new(16_000, 100.0, 400.0, 1.0));
+    };
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    report(&pump);
+    wait_reports(&scheduler, 0.0, 4.0).await?;
+    let place = |name: &'static str, cpu: &'static str, bound: usize| {
+        let client = client.clone();
+        async move {
+            create_pod(&client, pod_json(name, cpu)).await?;
+            let placed = wait_bound(&client, bound, Duration::from_secs(20)).await?;
+            Ok::<_, anyhow::Error>(placed[name].clone())
+        }
+    };
+    assert_eq!(place("big-0", "4", 1).await?, "efficient");
+    assert_eq!(place("big-1", "4", 2).await?, "efficient");
+    // Two slots and 8 cores left at a mean of 4 cores a pod: a 250 m pod would strand 3.75
+    // cores that only the dear node could then take.
+    assert_eq!(place("small-1", "250m", 3).await?, "dear");
+    // The event states the pod's own marginal watts (0.25 of 16 cores × 300 W), not the charge.
+    assert_eq!(
+        wait_event(&client, "small-1", "Scheduled").await?,
+        "assigned default/small-1 to dear: +4.7 W predicted, energy unknown"
+    );
+    assert_eq!(place("big-2", "4", 4).await?, "efficient");
+
+    // One slot left: without slot pricing the small pod takes it.
+    drop(pump);
+    drop(scheduler);
+    let scheduler =
+        SchedulerProcess::start(&plane, "replica-b", "policy: {slot_pricing: false}\n").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    report(&pump);
+    wait_reports(&scheduler, 0.0, 4.0).await?;
+    assert_eq!(place("small-2", "250m", 5).await?, "efficient");
+    Ok(())
+}
