@@ -59,6 +59,10 @@ pub struct Outcome {
     pub node_hours_off: f64,
     /// Battery nodes off because their battery ran empty.
     pub node_hours_browned_out: f64,
+    /// What the browned-out nodes would have drawn idle over those hours: IT energy plus this
+    /// compares policies at equal availability (a browned-out node draws 0 W, which IT energy
+    /// alone rewards).
+    pub browned_out_idle_kwh: f64,
     /// Node-hours at each true energy level (battery charge), and on the grid.
     pub node_hours_by_level: LevelHours,
     /// Pods the policy evicted (offloaders).
@@ -164,6 +168,10 @@ struct Engine<'p> {
     peak_watts: f64,
     states: [usize; 4],
     state_seconds: [f64; 4],
+    /// Idle watts of the nodes browned out now, and their integral: what they would have drawn
+    /// kept on without work (an availability-neutral reading of energy).
+    browned_out_idle_watts: f64,
+    browned_out_idle_joules: f64,
     waits: Vec<f64>,
     evictions: u64,
     brownout_kills: u64,
@@ -331,6 +339,8 @@ impl<'p> Engine<'p> {
             peak_watts: 0.0,
             states: [0; 4],
             state_seconds: [0.0; 4],
+            browned_out_idle_watts: 0.0,
+            browned_out_idle_joules: 0.0,
             waits: Vec::new(),
             evictions: 0,
             brownout_kills: 0,
@@ -397,6 +407,7 @@ impl Engine<'_> {
         let dt = t - self.last_t;
         if dt > 0.0 {
             self.energy_joules += self.total_watts * dt;
+            self.browned_out_idle_joules += self.browned_out_idle_watts * dt;
             self.peak_watts = self.peak_watts.max(self.total_watts);
             for (seconds, count) in self.state_seconds.iter_mut().zip(self.states) {
                 *seconds += count as f64 * dt;
@@ -429,6 +440,13 @@ impl Engine<'_> {
 
     fn set_state(&mut self, node: usize, state: PowerState) {
         let n = &mut self.cluster.nodes[node];
+        let idle = n.hardware.watts(0.0);
+        if n.state == PowerState::BrownedOut {
+            self.browned_out_idle_watts -= idle;
+        }
+        if state == PowerState::BrownedOut {
+            self.browned_out_idle_watts += idle;
+        }
         self.states[state_slot(n.state)] -= 1;
         self.states[state_slot(state)] += 1;
         n.state = state;
@@ -858,6 +876,7 @@ impl Engine<'_> {
             node_hours_booting: self.state_seconds[1] / 3600.0,
             node_hours_off: self.state_seconds[2] / 3600.0,
             node_hours_browned_out: self.state_seconds[3] / 3600.0,
+            browned_out_idle_kwh: self.browned_out_idle_joules / 3.6e6,
             node_hours_by_level: self.level_hours,
             evictions: self.evictions,
             pods_moved_per_hour: self.evictions as f64 / (duration / 3600.0),
@@ -1105,6 +1124,8 @@ mod battery_tests {
         assert!((o.energy_kwh * 3.6e6 - expected).abs() < 1e-6);
         assert_eq!((o.brownout_kills, o.evictions), (1, 0));
         assert!((o.node_hours_browned_out - 3200.0 / 3600.0).abs() < 1e-9);
+        // Idle at 10 W over those 3,200 s.
+        assert!((o.browned_out_idle_kwh * 3.6e6 - 10.0 * 3200.0).abs() < 1e-6);
         assert!((o.mean_pending_seconds - (3811.0 - 610.0) / 2.0).abs() < 1e-9);
         // True levels by the charge at each step's start: below 15 % (1.515 Wh) from the step
         // starting at 430 s (1.467 Wh) until the one starting at 3760 s (1.6 Wh).

@@ -146,6 +146,10 @@ pub struct Summary {
     pub node_hours_low_powered: Stat,
     pub node_hours_powerless: Stat,
     pub node_hours_browned_out: Stat,
+    /// IT energy with browned-out hours charged at the nodes' idle watts (equal availability).
+    pub energy_brownouts_at_idle_kwh: Stat,
+    /// [`Summary::gap_captured_percent`] on that energy, kube-default's included.
+    pub gap_captured_brownouts_at_idle_percent: Option<Stat>,
     /// Pods killed by brown-outs (back to pending).
     pub brownout_kills: Stat,
     /// How many fewer node-hours powerless than serverless-seed's in the same seeds, percent
@@ -173,11 +177,12 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
         .filter(|r| r.policy == PolicyName::ServerlessSeed)
         .map(|r| (r.seed, r.outcome.node_hours_by_level.powerless))
         .collect();
-    let kube: BTreeMap<u64, f64> = runs
-        .iter()
-        .filter(|r| r.policy == PolicyName::KubeDefault)
+    let kube_runs = || runs.iter().filter(|r| r.policy == PolicyName::KubeDefault);
+    let kube: BTreeMap<u64, f64> = kube_runs()
         .map(|r| (r.seed, r.outcome.energy_kwh))
         .collect();
+    let at_idle = |r: &Run| r.outcome.energy_kwh + r.outcome.browned_out_idle_kwh;
+    let kube_at_idle: BTreeMap<u64, f64> = kube_runs().map(|r| (r.seed, at_idle(r))).collect();
     by_policy
         .into_iter()
         .map(|(policy, runs)| {
@@ -197,13 +202,16 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                     r.outcome.bound_always_on_kwh
                 }
             };
-            let captured: Option<Vec<f64>> = runs
-                .iter()
-                .map(|r| {
-                    kube.get(&r.seed)
-                        .map(|k| 100.0 * (k - r.outcome.energy_kwh) / (k - bound(r)))
-                })
-                .collect();
+            let captured_of = |kube: &BTreeMap<u64, f64>, energy: &dyn Fn(&Run) -> f64| {
+                let captured: Option<Vec<f64>> = runs
+                    .iter()
+                    .map(|r| {
+                        kube.get(&r.seed)
+                            .map(|k| 100.0 * (k - energy(r)) / (k - bound(r)))
+                    })
+                    .collect();
+                captured.map(|c| Stat::of(&c))
+            };
             let quality = |f: &dyn Fn(&PlacementQuality) -> f64| {
                 let values: Option<Vec<f64>> = runs
                     .iter()
@@ -226,7 +234,7 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                 energy_kwh: stat(&|r| r.outcome.energy_kwh),
                 bound_always_on_kwh: stat(&|r| r.outcome.bound_always_on_kwh),
                 bound_autoscaled_kwh: stat(&|r| r.outcome.bound_autoscaled_kwh),
-                gap_captured_percent: captured.map(|c| Stat::of(&c)),
+                gap_captured_percent: captured_of(&kube, &|r| r.outcome.energy_kwh),
                 saving_vs_kube_percent: savings.map(|s| Stat::of(&s)),
                 mean_watts: stat(&|r| r.outcome.mean_watts),
                 peak_watts: stat(&|r| r.outcome.peak_watts),
@@ -243,6 +251,8 @@ pub fn summarise(runs: &[Run], autoscaled: bool) -> Vec<Summary> {
                 node_hours_low_powered: stat(&|r| r.outcome.node_hours_by_level.low_powered),
                 node_hours_powerless: stat(&|r| r.outcome.node_hours_by_level.powerless),
                 node_hours_browned_out: stat(&|r| r.outcome.node_hours_browned_out),
+                energy_brownouts_at_idle_kwh: stat(&at_idle),
+                gap_captured_brownouts_at_idle_percent: captured_of(&kube_at_idle, &at_idle),
                 brownout_kills: stat(&|r| r.outcome.brownout_kills as f64),
                 powerless_fewer_than_seed_percent: fewer_powerless.map(|v| Stat::of(&v)),
                 boots: stat(&|r| r.outcome.boots as f64),
@@ -296,7 +306,6 @@ pub fn table(summaries: &[Summary]) -> String {
     out
 }
 
-/// A Markdown table of the energy-level figures (for scenarios with battery nodes).
 /// The placement-quality figures of the policies that price pods with the agents' reports.
 pub fn placement_table(summaries: &[Summary]) -> String {
     let mut out = String::from(
@@ -323,15 +332,16 @@ pub fn placement_table(summaries: &[Summary]) -> String {
     out
 }
 
+/// A Markdown table of the energy-level figures (for scenarios with battery nodes).
 pub fn levels_table(summaries: &[Summary]) -> String {
     let mut out = String::from(
-        "| policy | node-h well-powered | node-h vulnerable | node-h low-powered | node-h powerless | of which browned out | fewer powerless than serverless-seed % | pods killed by brown-outs | evictions | pods moved/h |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| policy | node-h well-powered | node-h vulnerable | node-h low-powered | node-h powerless | of which browned out | fewer powerless than serverless-seed % | pods killed by brown-outs | evictions | pods moved/h | IT energy, brown-outs at idle kWh | gap captured, brown-outs at idle % |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in summaries {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.policy.label(),
             f(s.node_hours_well_powered, 1),
             f(s.node_hours_vulnerable, 1),
@@ -343,6 +353,9 @@ pub fn levels_table(summaries: &[Summary]) -> String {
             f(s.brownout_kills, 0),
             f(s.evictions, 0),
             f(s.pods_moved_per_hour, 1),
+            f(s.energy_brownouts_at_idle_kwh, 2),
+            s.gap_captured_brownouts_at_idle_percent
+                .map_or("–".into(), |v| f(v, 1)),
         );
     }
     out
@@ -373,5 +386,61 @@ mod tests {
         assert_eq!(q.truly_cheapest, 1);
         assert!((q.truly_cheapest_percent() - 50.0).abs() < 1e-9);
         assert!((q.mean_regret_watts() - (0.02 + 2.0) / 2.0).abs() < 1e-9);
+    }
+
+    /// A run of `policy` (seed 1) with `energy` kWh, `idle` kWh of it browned out, bound 10.
+    fn run(policy: PolicyName, energy: f64, idle: f64) -> crate::Run {
+        crate::Run {
+            policy,
+            seed: 1,
+            outcome: crate::engine::Outcome {
+                energy_kwh: energy,
+                bound_always_on_kwh: 10.0,
+                bound_autoscaled_kwh: 5.0,
+                mean_watts: 0.0,
+                peak_watts: 0.0,
+                pods: 0,
+                pods_never_placed: 0,
+                mean_pending_seconds: 0.0,
+                p99_pending_seconds: 0.0,
+                node_hours_on: 0.0,
+                node_hours_booting: 0.0,
+                node_hours_off: 0.0,
+                node_hours_browned_out: 0.0,
+                browned_out_idle_kwh: idle,
+                node_hours_by_level: LevelHours::default(),
+                evictions: 0,
+                pods_moved_per_hour: 0.0,
+                brownout_kills: 0,
+                boots: 0,
+                decisions: 0,
+                placement: None,
+                series: Vec::new(),
+            },
+            timing: crate::engine::Timing {
+                wall_seconds: 1.0,
+                decisions_per_second: 0.0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_gap_is_captured_on_energy_and_at_equal_availability_by_hand() {
+        // kube-default 30 kWh of which nodes browned out 4 kWh of idle; the policy 28 and 1.
+        let runs = [
+            run(PolicyName::KubeDefault, 30.0, 4.0),
+            run(PolicyName::Wattwise, 28.0, 1.0),
+        ];
+        let summaries = summarise(&runs, false);
+        let w = summaries
+            .iter()
+            .find(|s| s.policy == PolicyName::Wattwise)
+            .unwrap();
+        // (30 − 28) / (30 − 10) and (34 − 29) / (34 − 10).
+        assert!((w.gap_captured_percent.unwrap().mean - 10.0).abs() < 1e-9);
+        assert!((w.energy_brownouts_at_idle_kwh.mean - 29.0).abs() < 1e-9);
+        let at_idle = w.gap_captured_brownouts_at_idle_percent.unwrap().mean;
+        assert!((at_idle - 500.0 / 24.0).abs() < 1e-9, "{at_idle}");
+        assert!(levels_table(&summaries).contains("| 29.00 | 20.8 |"));
     }
 }
