@@ -217,6 +217,30 @@ fn policy(c: &mut Criterion) {
             &snapshot,
             |b, nodes| b.iter(|| schedule(black_box(&pod), black_box(nodes), &filters, &score)),
         );
+        // What slot pricing costs. Here no candidate is near its pod limit (the fast path:
+        // one read per candidate); below, every node is 8 pods from it (the full path).
+        let unpriced = ScoreConfig {
+            slot_pricing: false,
+            ..score
+        };
+        group.bench_with_input(
+            BenchmarkId::new("wattwise_without_slot_pricing", count),
+            &snapshot,
+            |b, nodes| b.iter(|| schedule(black_box(&pod), black_box(nodes), &filters, &unpriced)),
+        );
+        let mut near_limit = nodes.clone();
+        for node in &mut near_limit {
+            node.requested.pods = node.allocatable.pods - 8;
+        }
+        let near_limit = Snapshot::new(&near_limit);
+        for (name, config) in [
+            ("wattwise_near_pod_limits", score),
+            ("wattwise_near_pod_limits_without_slot_pricing", unpriced),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, count), &near_limit, |b, nodes| {
+                b.iter(|| schedule(black_box(&pod), black_box(nodes), &filters, &config))
+            });
+        }
 
         let mut cache = cache_of(&nodes);
         let in_cache = schedule(&pod, cache.snapshot(), &filters, &score).unwrap();

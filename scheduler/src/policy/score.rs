@@ -199,6 +199,18 @@ fn expected_stranded(free_cpu: f64, free_slots: f64, mean_pod: f64) -> f64 {
 /// a dearer node later; marginal watts alone cannot see that, and in a cluster whose efficient
 /// nodes are slot-bound they fill with whatever arrives first.
 fn price_slots(candidates: &mut [Candidate], pod: &PodRequest, nodes: &Snapshot) {
+    // The common case, no candidate near its pod limit, costs one read per candidate.
+    let near_limit = |c: &Candidate| {
+        let node = nodes.node(c.node as usize);
+        let free = node
+            .allocatable()
+            .pods
+            .saturating_sub(node.requested().pods);
+        (free as f64) <= SLOT_HORIZON
+    };
+    if !candidates.iter().any(near_limit) {
+        return;
+    }
     let Some(mean_pod) = nodes.mean_pod_cpu_millicores() else {
         return;
     };
@@ -260,12 +272,19 @@ impl Slots {
 /// spread, while charging in proportion to the share of slots in use (no fade) lost energy.
 const SLOT_FADE: f64 = 4.0;
 
+/// Free slots beyond which the charge is taken as zero: its fade is below a millionth
+/// (`SLOT_FADE × ln 10⁶`, about 55 slots), so most decisions skip slot pricing altogether.
+const SLOT_HORIZON: f64 = SLOT_FADE * 13.815_510_557_964_274;
+
 /// Watts a pod's slot costs on a node it would price at `per_millicore`: the stranded CPU it
 /// adds (or takes back), at what that CPU costs on the reference node beyond this one, faded by
 /// how many slots are still free ([`SLOT_FADE`]). A node with room to spare charges nothing (a
 /// cluster with room on its efficient nodes loses nothing to their limit); a nearly full one
 /// keeps its last slots for pods that use its CPU. Negative for a pod larger than the mean.
 fn slot_charge(per_millicore: f64, reference: f64, slots: &Slots) -> f64 {
+    if slots.free > SLOT_HORIZON {
+        return 0.0;
+    }
     let certainty = (-slots.free / SLOT_FADE).exp();
     let charge = slots.stranded_delta * (reference - per_millicore).max(0.0) * certainty;
     if charge.is_finite() {

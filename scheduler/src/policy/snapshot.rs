@@ -238,6 +238,8 @@ pub struct Snapshot {
     taint_ids: HashMap<Taint, u32>,
     /// Sum of the nodes' [`Row::references`] (see [`Snapshot::wasteful`]).
     references: usize,
+    /// Requested CPU and pod count summed over the nodes, kept with `fits`.
+    requested_total: (u64, u64),
 }
 
 impl Snapshot {
@@ -267,6 +269,7 @@ impl Snapshot {
         self.names.push(row.name);
         self.labels.push(labels);
         self.taints.push(row.taints);
+        self.count_requested(&row.fit.requested, true);
         self.fits.push(row.fit);
         self.extended.push(row.extended);
         self.host_ports.push(row.host_ports);
@@ -288,7 +291,7 @@ impl Snapshot {
         }
         self.names[index] = row.name;
         self.taints[index] = row.taints;
-        self.fits[index] = row.fit;
+        self.replace_fit(index, row.fit);
         self.extended[index] = row.extended;
         self.host_ports[index] = row.host_ports;
         self.power[index] = row.power;
@@ -312,10 +315,13 @@ impl Snapshot {
         let extended = extended_column(&mut self.symbols, requested, allocatable);
         self.references -= self.extended[index].len();
         self.references += extended.len();
-        self.fits[index] = Fit {
-            requested: requested.into(),
-            allocatable: allocatable.into(),
-        };
+        self.replace_fit(
+            index,
+            Fit {
+                requested: requested.into(),
+                allocatable: allocatable.into(),
+            },
+        );
         self.extended[index] = extended;
         self.host_ports[index] = used_host_ports.into();
     }
@@ -326,7 +332,8 @@ impl Snapshot {
         self.names.swap_remove(index);
         self.labels.swap_remove(index);
         self.taints.swap_remove(index);
-        self.fits.swap_remove(index);
+        let removed = self.fits.swap_remove(index);
+        self.count_requested(&removed.requested, false);
         self.extended.swap_remove(index);
         self.host_ports.swap_remove(index);
         self.power.swap_remove(index);
@@ -364,16 +371,31 @@ impl Snapshot {
         &self.power[index]
     }
 
-    /// The mean CPU request of the pods on the nodes (their pod counts' and CPU requests'
-    /// sums); `None` without pods.
+    /// The mean CPU request of the pods on the nodes (their CPU requests' sum over their
+    /// count); `None` without pods.
     pub(crate) fn mean_pod_cpu_millicores(&self) -> Option<f64> {
-        let (cpu, pods) = self.fits.iter().fold((0u64, 0u64), |(cpu, pods), fit| {
-            (
-                cpu.saturating_add(fit.requested.cpu_millicores),
-                pods.saturating_add(fit.requested.pods),
-            )
-        });
+        let (cpu, pods) = self.requested_total;
         (pods > 0).then(|| cpu as f64 / pods as f64)
+    }
+
+    fn replace_fit(&mut self, index: usize, fit: Fit) {
+        let old = self.fits[index].requested;
+        self.count_requested(&old, false);
+        self.count_requested(&fit.requested, true);
+        self.fits[index] = fit;
+    }
+
+    /// Adds `requested` to (or takes it from) [`Snapshot::requested_total`]. Wrapping: every
+    /// amount taken was added before, so the sums stay exact.
+    fn count_requested(&mut self, requested: &Amounts, add: bool) {
+        let (cpu, pods) = &mut self.requested_total;
+        if add {
+            *cpu = cpu.wrapping_add(requested.cpu_millicores);
+            *pods = pods.wrapping_add(requested.pods);
+        } else {
+            *cpu = cpu.wrapping_sub(requested.cpu_millicores);
+            *pods = pods.wrapping_sub(requested.pods);
+        }
     }
 
     /// The id of `s` in this snapshot, or one no node carries.
@@ -654,5 +676,29 @@ mod tests {
         assert_eq!(b.and_not(&a).len(), 67);
         assert_eq!(a.or(&b).len(), 70);
         assert!(a.and_not(&b).len() == 0 && a.len() == 3);
+    }
+
+    #[test]
+    fn the_mean_pod_request_follows_every_update() {
+        let with_pods = |name: &str, cpu: u64, pods: u64| {
+            let mut n = node(name);
+            n.requested.cpu_millicores = cpu;
+            n.requested.pods = pods;
+            n
+        };
+        let mut s = Snapshot::new(&[node("empty")]);
+        assert_eq!(s.mean_pod_cpu_millicores(), None);
+        s.push(&with_pods("a", 3000, 2));
+        s.push(&with_pods("b", 1000, 2));
+        assert_eq!(s.mean_pod_cpu_millicores(), Some(1000.0));
+        let b = with_pods("b", 5000, 4);
+        s.set_usage(2, &b.allocatable, &b.requested, &[]);
+        assert_eq!(s.mean_pod_cpu_millicores(), Some(8000.0 / 6.0));
+        s.set(1, &with_pods("a", 1000, 1));
+        assert_eq!(s.mean_pod_cpu_millicores(), Some(6000.0 / 5.0));
+        s.swap_remove(2);
+        assert_eq!(s.mean_pod_cpu_millicores(), Some(1000.0));
+        s.swap_remove(1);
+        assert_eq!(s.mean_pod_cpu_millicores(), None);
     }
 }
