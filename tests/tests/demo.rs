@@ -76,13 +76,24 @@ fn the_demo_binds_the_sample_workload_and_prints_where_each_pod_went() -> Result
     // Predicted and BMC-measured increases agree: the agents' models follow the nodes' curves.
     let number_after = |marker: &str| -> Result<f64> {
         let rest = summary.split(marker).nth(1).context("marker")?;
-        Ok(rest
+        let number: String = rest
             .trim_start_matches('+')
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()?)
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        Ok(number.parse()?)
     };
+    // Both spreads are priced: over every node, and over the nodes at the levels wattwise used
+    // (the default workload goes to well-powered nodes only).
+    assert!(number_after("would add ")? > 0.0, "{summary}");
+    assert!(
+        number_after("on every node (wattwise/spread = ")? > 0.0,
+        "{summary}"
+    );
+    assert!(
+        summary.contains("on the nodes at the energy levels wattwise used (well-powered; "),
+        "{summary}"
+    );
     let predicted = number_after("predicted ")?;
     let measured = number_after("BMC reads ")?;
     assert!(

@@ -5,7 +5,7 @@
 //! power from the pods bound there (no kubelet runs them), prints where each pod went and why,
 //! and stops everything it started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -280,31 +280,39 @@ fn level_of(percent: f64) -> &'static str {
     wattwise_core::EnergyLevel::from_percent(percent).label()
 }
 
-/// Watts the same pods would add under a placement that ignores power and energy: each pod to the
-/// node with the most free CPU (kube-scheduler's default LeastAllocated spreading), fullest first.
-fn spread_baseline(nodes: &[DemoNode], pods: &BTreeMap<String, (Option<String>, u64)>) -> f64 {
+/// Watts the same pods would add under a placement that ignores power: each pod to the `eligible`
+/// node with the most free CPU (kube-scheduler's default LeastAllocated spreading), largest first;
+/// and how many pods fit on no eligible node.
+fn spread_baseline(
+    nodes: &[DemoNode],
+    pods: &BTreeMap<String, (Option<String>, u64)>,
+    eligible: impl Fn(&DemoNode) -> bool,
+) -> (f64, usize) {
+    let mut unplaced = 0;
     let mut used: Vec<u64> = vec![0; nodes.len()];
     let mut sizes: Vec<u64> = pods.values().map(|(_, cpu)| *cpu).collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     for cpu in sizes {
         let best = (0..nodes.len())
-            .filter(|&i| used[i] + cpu <= nodes[i].capacity_millicores)
+            .filter(|&i| eligible(&nodes[i]) && used[i] + cpu <= nodes[i].capacity_millicores)
             .max_by(|&a, &b| {
                 let free = |i: usize| 1.0 - (used[i] as f64 / nodes[i].capacity_millicores as f64);
                 free(a).total_cmp(&free(b))
             });
-        if let Some(i) = best {
-            used[i] += cpu;
+        match best {
+            Some(i) => used[i] += cpu,
+            None => unplaced += 1,
         }
     }
-    nodes
+    let watts = nodes
         .iter()
         .zip(&used)
         .map(|(n, &u)| {
             n.measured_watts(BACKGROUND_UTILISATION + u as f64 / n.capacity_millicores as f64)
                 - n.idle_watts
         })
-        .sum()
+        .sum();
+    (watts, unplaced)
 }
 
 fn repo_root() -> Result<PathBuf> {
@@ -527,14 +535,41 @@ async fn demo() -> Result<()> {
     if on_powerless > 0 {
         bail!("{on_powerless} pods were bound to a powerless node");
     }
-    let baseline = spread_baseline(&nodes, &pods);
+    let (baseline, _) = spread_baseline(&nodes, &pods, |_| true);
+    // The same spread kept to the energy levels wattwise placed pods at: what remains of the
+    // difference is placement; the rest is the price of sparing the weaker batteries.
+    let used_levels: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| {
+            pods.values()
+                .any(|(at, _)| at.as_deref() == Some(n.plan.name))
+        })
+        .map(|n| level_of(n.plan.energy_percent))
+        .collect();
+    let (within_tiers, left_out) = spread_baseline(&nodes, &pods, |n| {
+        used_levels.contains(level_of(n.plan.energy_percent))
+    });
+    let left_out = match left_out {
+        0 => String::new(),
+        n => format!(", {n} pods fitting on none of them"),
+    };
+    let ratio = |spread: f64| {
+        if spread > 0.0 {
+            measured_total / spread
+        } else {
+            f64::NAN
+        }
+    };
     let bound = pods.values().filter(|(n, _)| n.is_some()).count();
     println!(
         "\nsummary: {bound}/{} pods bound, none on a powerless node; predicted +{predicted_total:.1} W, \
          measured by the agents' BMC reads +{measured_total:.1} W; a power-blind spread of the same pods (most free CPU \
-         first) would add +{baseline:.1} W (wattwise/spread = {:.2}); {:.0} s in all.",
+         first) would add +{baseline:.1} W on every node (wattwise/spread = {:.2}), +{within_tiers:.1} W on the nodes at \
+         the energy levels wattwise used ({}{left_out}; wattwise/spread = {:.2}); {:.0} s in all.",
         pods.len(),
-        if baseline > 0.0 { measured_total / baseline } else { f64::NAN },
+        ratio(baseline),
+        used_levels.into_iter().collect::<Vec<_>>().join(", "),
+        ratio(within_tiers),
         started.elapsed().as_secs_f64()
     );
     for node in nodes.iter_mut() {
