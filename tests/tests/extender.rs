@@ -268,14 +268,15 @@ async fn the_stock_scheduler_places_by_watts_and_energy_while_enforcing_anti_aff
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_are_bound_while_wattwise_is_down_and_bad_requests_get_400() -> Result<()> {
+async fn stock_bound_pods_raise_their_node_s_price_and_pods_are_bound_while_wattwise_is_down(
+) -> Result<()> {
     let mut plane = ControlPlane::start().await?;
     let client = plane.client().await?;
+    // Twins on a convex curve: a node with more load prices the next pod dearer.
+    let twin = || NodePowerSpec::new(4000, 100.0, 300.0, 2.0).energy(WellPowered, 90.0);
     let nodes = [
-        (
-            "well",
-            NodePowerSpec::new(4000, 100.0, 200.0, 1.0).energy(WellPowered, 90.0),
-        ),
+        ("twin-1", twin()),
+        ("twin-2", twin()),
         (
             "powerless",
             NodePowerSpec::new(4000, 30.0, 40.0, 1.0).energy(Powerless, 5.0),
@@ -287,18 +288,58 @@ async fn pods_are_bound_while_wattwise_is_down_and_bad_requests_get_400() -> Res
     let extender: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
     let (mut wattwise, pump) = wattwise(&plane, extender, &nodes).await?;
     kube_scheduler_with_extender(&mut plane, extender).await?;
-
     let stock = |name: &str| {
-        let mut pod = pod_json(name, "100m");
+        let mut pod = pod_json(name, "1");
         pod["spec"]["schedulerName"] = json!("default-scheduler");
         pod
     };
-    // Up: the stock scheduler asks wattwise, which keeps pods off the powerless node.
-    for i in 0..3 {
+    let http = reqwest::Client::new();
+    // What wattwise says about a pod no cache holds, from the request alone.
+    let prioritize = || async {
+        let response = http
+            .post(format!("http://{extender}/prioritize"))
+            .json(&json!({"Pod": stock("asked"),
+                          "NodeNames": ["powerless", "twin-1", "twin-2", "unknown"]}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == reqwest::StatusCode::OK, "{response:?}");
+        anyhow::Ok(response.json::<serde_json::Value>().await?)
+    };
+    let scored = |twin_1: i64, twin_2: i64| {
+        json!([
+            {"Host": "powerless", "Score": 4},
+            {"Host": "twin-1", "Score": twin_1},
+            {"Host": "twin-2", "Score": twin_2},
+            {"Host": "unknown", "Score": 0}
+        ])
+    };
+    assert_eq!(
+        prioritize().await?,
+        scored(10, 10),
+        "the twins tie while idle"
+    );
+
+    // The stock scheduler binds a pod to one twin (the tie is kube's to break); it starts
+    // there, and wattwise prices that twin dearer until the twin's agent measures it.
+    create_pod(&client, stock("up-0")).await?;
+    let first = wait_bound_named(&client, "up-", 1).await?[0].clone();
+    let expected = if first == "twin-1" {
+        scored(5, 10)
+    } else {
+        scored(10, 5)
+    };
+    wait_until(
+        "the loaded twin priced dearer",
+        Duration::from_secs(10),
+        || async { Ok(prioritize().await? == expected) },
+    )
+    .await
+    .with_context(|| format!("up-0 on {first}"))?;
+    for i in 1..3 {
         create_pod(&client, stock(&format!("up-{i}"))).await?;
     }
     let bound = wait_bound_named(&client, "up-", 3).await?;
-    assert!(bound.iter().all(|n| n == "well"), "{bound:?}");
+    assert!(!bound.contains(&"powerless".to_string()), "{bound:?}");
     assert!(
         wattwise
             .metric(&calls("filter", "ok"))
@@ -308,7 +349,6 @@ async fn pods_are_bound_while_wattwise_is_down_and_bad_requests_get_400() -> Res
     );
 
     // A broken request is refused naming the problem, and the extender goes on serving.
-    let http = reqwest::Client::new();
     let response = http
         .post(format!("http://{extender}/filter"))
         .body("{\"Pod\": {\"metadata\": ")
@@ -320,26 +360,11 @@ async fn pods_are_bound_while_wattwise_is_down_and_bad_requests_get_400() -> Res
         message.starts_with("invalid ExtenderArgs JSON: "),
         "{message}"
     );
-    let response = http
-        .post(format!("http://{extender}/prioritize"))
-        .json(&json!({"Pod": stock("asked"), "NodeNames": ["powerless", "well", "unknown"]}))
-        .send()
-        .await?;
-    assert_eq!(response.status(), reqwest::StatusCode::OK);
-    let scores: serde_json::Value = response.json().await?;
-    assert_eq!(
-        scores,
-        json!([
-            {"Host": "powerless", "Score": 4},
-            {"Host": "well", "Score": 10},
-            {"Host": "unknown", "Score": 0}
-        ]),
-        "a pod no cache holds, scored from the request itself"
-    );
     assert_eq!(
         wattwise.metric(&calls("filter", "bad_request")).await?,
         Some(1.0)
     );
+    prioritize().await?;
 
     // Down: kube-scheduler cannot reach it and, the extender being ignorable, binds anyway.
     drop(pump);
