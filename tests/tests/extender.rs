@@ -35,16 +35,17 @@ fn calls(verb: &str, result: &str) -> String {
     format!("wattwise_scheduler_extender_calls_total{{verb=\"{verb}\",result=\"{result}\"}}")
 }
 
-/// wattwise-scheduler serving the extender API on `extender`, with reports pumped for `nodes`
-/// (all fresh before it returns).
-async fn wattwise(
+/// wattwise-scheduler replica `identity` serving the extender API on `extender`, with reports
+/// pumped for `nodes` (all fresh before it returns).
+async fn start_wattwise(
     plane: &ControlPlane,
+    identity: &str,
     extender: SocketAddr,
     nodes: &[(&str, NodePowerSpec)],
 ) -> Result<(SchedulerProcess, ReportPump)> {
     let scheduler = SchedulerProcess::start_with_reports(
         plane,
-        "replica-a",
+        identity,
         // Reports stay fresh through a loaded machine's stalls of the pump.
         "interval: 1s, stale_after: 30s",
         &format!("extender: {{enabled: true, listen: \"{extender}\"}}\n"),
@@ -173,7 +174,7 @@ async fn the_stock_scheduler_places_by_watts_and_energy_while_enforcing_anti_aff
     }
     let extender: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
     let reports: Vec<_> = nodes.iter().map(|(n, _, s)| (*n, s.clone())).collect();
-    let (wattwise, _pump) = wattwise(&plane, extender, &reports).await?;
+    let (wattwise, _pump) = start_wattwise(&plane, "replica-a", extender, &reports).await?;
     let _controllers = plane.start_controller_manager().await?;
     kube_scheduler_with_extender(&mut plane, extender).await?;
 
@@ -286,7 +287,16 @@ async fn stock_bound_pods_raise_their_node_s_price_and_pods_are_bound_while_watt
         plane.create_ready_node(&FakeNode::new(name)).await?;
     }
     let extender: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
-    let (mut wattwise, pump) = wattwise(&plane, extender, &nodes).await?;
+    let (mut wattwise, pump) = start_wattwise(&plane, "replica-a", extender, &nodes).await?;
+    wait_until("replica-a leads", Duration::from_secs(20), || async {
+        wattwise.is_leader().await
+    })
+    .await?;
+    // A standby answers too, from its own cache.
+    let standby_extender: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+    let (standby, _standby_pump) =
+        start_wattwise(&plane, "replica-b", standby_extender, &nodes).await?;
+    assert!(!standby.is_leader().await?);
     kube_scheduler_with_extender(&mut plane, extender).await?;
     let stock = |name: &str| {
         let mut pod = pod_json(name, "1");
@@ -294,17 +304,7 @@ async fn stock_bound_pods_raise_their_node_s_price_and_pods_are_bound_while_watt
         pod
     };
     let http = reqwest::Client::new();
-    // What wattwise says about a pod no cache holds, from the request alone.
-    let prioritize = || async {
-        let response = http
-            .post(format!("http://{extender}/prioritize"))
-            .json(&json!({"Pod": stock("asked"),
-                          "NodeNames": ["powerless", "twin-1", "twin-2", "unknown"]}))
-            .send()
-            .await?;
-        anyhow::ensure!(response.status() == reqwest::StatusCode::OK, "{response:?}");
-        anyhow::Ok(response.json::<serde_json::Value>().await?)
-    };
+    let prioritize = || priorities(&http, extender);
     let scored = |twin_1: i64, twin_2: i64| {
         json!([
             {"Host": "powerless", "Score": 4},
@@ -320,7 +320,7 @@ async fn stock_bound_pods_raise_their_node_s_price_and_pods_are_bound_while_watt
     );
 
     // The stock scheduler binds a pod to one twin (the tie is kube's to break); it starts
-    // there, and wattwise prices that twin dearer until the twin's agent measures it.
+    // there, and every replica prices that twin dearer until the twin's agent measures it.
     create_pod(&client, stock("up-0")).await?;
     let first = wait_bound_named(&client, "up-", 1).await?[0].clone();
     let expected = if first == "twin-1" {
@@ -329,9 +329,12 @@ async fn stock_bound_pods_raise_their_node_s_price_and_pods_are_bound_while_watt
         scored(10, 5)
     };
     wait_until(
-        "the loaded twin priced dearer",
+        "the loaded twin priced dearer by both replicas",
         Duration::from_secs(10),
-        || async { Ok(prioritize().await? == expected) },
+        || async {
+            Ok(prioritize().await? == expected
+                && priorities(&http, standby_extender).await? == expected)
+        },
     )
     .await
     .with_context(|| format!("up-0 on {first}"))?;
@@ -375,6 +378,20 @@ async fn stock_bound_pods_raise_their_node_s_price_and_pods_are_bound_while_watt
     }
     wait_bound_named(&client, "down-", 3).await?;
     Ok(())
+}
+
+/// What the extender at `at` answers to `prioritize` for a pod no cache holds (the answer comes
+/// from the request alone) over the nodes of the twins test and one nobody knows.
+async fn priorities(http: &reqwest::Client, at: SocketAddr) -> Result<serde_json::Value> {
+    let mut pod = pod_json("asked", "1");
+    pod["spec"]["schedulerName"] = json!("default-scheduler");
+    let response = http
+        .post(format!("http://{at}/prioritize"))
+        .json(&json!({"Pod": pod, "NodeNames": ["powerless", "twin-1", "twin-2", "unknown"]}))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == reqwest::StatusCode::OK, "{response:?}");
+    Ok(response.json().await?)
 }
 
 /// Waits until the `n` pods named `prefix…` are bound; returns their nodes.

@@ -7,7 +7,9 @@
 //!   node's measured utilisation (image pull, init containers): it counts on top of a report
 //!   observed less than the start-up window after it was placed
 //!   ([`ReservationState::Starting`]), as Trimaran's TargetLoadPacking does, so a burst does not
-//!   herd onto the node that looked cheapest before the burst.
+//!   herd onto the node that looked cheapest before the burst. A pod another scheduler binds
+//!   while we watch (kube-scheduler in extender mode, another replica) starts the same way and
+//!   counts the same way ([`Reservation::started_elsewhere`]).
 //!
 //! Every reservation ends: a failed bind, the pod's deletion, another node in the API, or, once
 //! starting, a report that can contain it or the time after which none can leave it out.
