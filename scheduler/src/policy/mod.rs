@@ -149,7 +149,7 @@ pub fn feasible(pod: &PodRequest, nodes: &Snapshot, filters: &Filters) -> Vec<us
 /// over the nodes at `rows` of `nodes` only. Unlike [`schedule`], constraints standalone mode
 /// does not evaluate are no reason to refuse the pod: the calling scheduler evaluates them.
 pub fn verdicts(pod: &PodRequest, nodes: &Snapshot, rows: &[usize], filters: &Filters) -> Verdicts {
-    filters.verdicts(pod, nodes, &node_set(rows))
+    filters.verdicts(pod, nodes, &node_set(nodes, rows))
 }
 
 /// Another scheduler's score step: the nodes at `rows` of `nodes` scored
@@ -161,12 +161,13 @@ pub fn priorities(
     rows: &[usize],
     score: &ScoreConfig,
 ) -> Vec<(usize, u8)> {
-    score::priorities(score, pod, nodes, &node_set(rows))
+    score::priorities(score, pod, nodes, &node_set(nodes, rows))
 }
 
-fn node_set(rows: &[usize]) -> NodeSet {
+/// The rows as a set; rows `nodes` does not have are left out.
+fn node_set(nodes: &Snapshot, rows: &[usize]) -> NodeSet {
     let mut set = NodeSet::default();
-    for &row in rows {
+    for &row in rows.iter().filter(|&&row| row < nodes.len()) {
         set.set(row, true);
     }
     set

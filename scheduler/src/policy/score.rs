@@ -886,6 +886,11 @@ mod tests {
         let s = crate::policy::priorities(&p, &snapshot, &[1, 2], &config);
         assert_eq!(s, [(1, MAX_PRIORITY), (2, 4)], "bands 5..=10 and 0..=4");
         assert!(crate::policy::priorities(&p, &snapshot, &[], &config).is_empty());
+        assert_eq!(
+            crate::policy::priorities(&p, &snapshot, &[0, 7], &config),
+            [(0, MAX_PRIORITY)],
+            "no row 7"
+        );
     }
 
     #[test]
