@@ -32,6 +32,7 @@ pub struct SchedulerConfig {
     pub events: EventsConfig,
     pub energy_labels: EnergyLabelsConfig,
     pub offload: OffloaderConfig,
+    pub extender: ExtenderConfig,
     pub api: ApiConfig,
     pub health: HealthConfig,
 }
@@ -54,6 +55,7 @@ impl Default for SchedulerConfig {
             events: EventsConfig::default(),
             energy_labels: EnergyLabelsConfig::default(),
             offload: OffloaderConfig::default(),
+            extender: ExtenderConfig::default(),
             api: ApiConfig::default(),
             health: HealthConfig::default(),
         }
@@ -351,6 +353,29 @@ impl OffloaderConfig {
     }
 }
 
+/// Extender mode: the kube-scheduler extender API (`/filter`, `/prioritize`), served by every
+/// replica from its own cache. Off by default: standalone mode needs no extra port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtenderConfig {
+    pub enabled: bool,
+    /// Where kube-scheduler's `urlPrefix` points (plain HTTP).
+    pub listen: SocketAddr,
+    /// Larger request bodies are refused (HTTP 413). With `nodeCacheCapable: true` only node
+    /// names travel; without it every candidate Node object does, a few KiB each.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ExtenderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "0.0.0.0:9202".parse().expect("valid literal"),
+            max_request_bytes: 64 << 20,
+        }
+    }
+}
+
 /// Bounds on every call to the Kubernetes API, so that a hung API server (or a connection that
 /// silently died) can neither keep a replica leading nor hold bind slots forever.
 #[derive(Debug, Clone, Deserialize)]
@@ -556,7 +581,34 @@ impl SchedulerConfig {
                 "must be between 1 and 10000",
             ));
         }
-        self.validate_offload()
+        self.validate_offload()?;
+        self.validate_extender()
+    }
+
+    fn validate_extender(&self) -> Result<(), ConfigError> {
+        let x = &self.extender;
+        if !x.enabled {
+            return Ok(());
+        }
+        // Port 0 (any free port) never clashes.
+        for (key, other) in [
+            ("grpc.listen", self.grpc.listen),
+            ("metrics.listen", self.metrics.listen),
+        ] {
+            if x.listen.port() != 0 && x.listen == other {
+                return Err(invalid(
+                    "extender.listen",
+                    format!("{} is also {key}", x.listen),
+                ));
+            }
+        }
+        if !(1 << 10..=1 << 30).contains(&x.max_request_bytes) {
+            return Err(invalid(
+                "extender.max_request_bytes",
+                "must be between 1024 (1 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_offload(&self) -> Result<(), ConfigError> {
@@ -727,6 +779,46 @@ mod tests {
         assert!(!c.policy.score_config().slot_pricing);
         let err = SchedulerConfig::from_yaml("policy: {slot_pricing: maybe}\n").unwrap_err();
         assert!(err.contains("slot_pricing"), "{err}");
+    }
+
+    #[test]
+    fn extender_keys_are_checked_and_named() {
+        let c = SchedulerConfig::from_yaml("").unwrap();
+        assert!(
+            !c.extender.enabled,
+            "standalone mode needs no extender port"
+        );
+        assert_eq!(c.extender.listen, "0.0.0.0:9202".parse().unwrap());
+        assert_eq!(c.extender.max_request_bytes, 64 << 20);
+        refused_by_name(&[
+            (
+                "extender: {enabled: true, listen: \"0.0.0.0:9200\"}",
+                "extender.listen",
+            ),
+            (
+                "grpc: {listen: \"127.0.0.1:7000\"}\nextender: {enabled: true, listen: \"127.0.0.1:7000\"}",
+                "extender.listen",
+            ),
+            (
+                "extender: {enabled: true, max_request_bytes: 10}",
+                "extender.max_request_bytes",
+            ),
+        ]);
+        for (yaml, key) in [
+            ("extender: {enabeld: true}", "enabeld"),
+            ("extender: {listen: \"localhost\"}", "extender.listen"),
+            ("extender: {max_request_bytes: -1}", "max_request_bytes"),
+        ] {
+            let err = SchedulerConfig::from_yaml(yaml).unwrap_err();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        // Off, its keys are not held against the rest; on any free port, nothing clashes.
+        for yaml in [
+            "extender: {enabled: false, listen: \"0.0.0.0:9200\"}",
+            "extender: {enabled: true, listen: \"127.0.0.1:0\"}\nmetrics: {listen: \"127.0.0.1:0\"}",
+        ] {
+            SchedulerConfig::from_yaml(yaml).unwrap().validate().unwrap();
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tracing::info;
 use wattwise_core::PowerCurve;
 use wattwise_proto::v1::power_reports_server::PowerReportsServer;
 
+use crate::api::extender::{self, Extender};
 use crate::api::metrics::{self, SchedulerMetrics};
 use crate::api::reports::ReportsService;
 use crate::cluster::adapter::EnergyAdapter;
@@ -34,6 +35,8 @@ use crate::scheduling::DecisionLoop;
 pub struct Bound {
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The extender API's address when `extender.enabled`.
+    pub extender: Option<SocketAddr>,
 }
 
 /// This replica's identity: configured, else the host name (the pod name in a Deployment).
@@ -77,9 +80,17 @@ pub async fn run(
 
     let grpc_listener = wattwise_daemon::listen(config.grpc.listen, "grpc.listen").await?;
     let metrics_listener = wattwise_daemon::listen(config.metrics.listen, "metrics.listen").await?;
+    let extender_listener = match config.extender.enabled {
+        true => Some(wattwise_daemon::listen(config.extender.listen, "extender.listen").await?),
+        false => None,
+    };
     let bound = Bound {
         grpc: grpc_listener.local_addr()?,
         metrics: metrics_listener.local_addr()?,
+        extender: extender_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
     };
     let liveness = wattwise_daemon::health::Liveness::new();
     let reports = ReportsService::new(
@@ -116,6 +127,25 @@ pub async fn run(
     );
 
     let synced = Arc::new(Synced::default());
+    // Extender mode: any replica answers kube-scheduler from its own cache, leader or not.
+    let extender_http = extender_listener.map(|listener| {
+        let extender = Arc::new(Extender {
+            cache: cache.clone(),
+            synced: synced.clone(),
+            filters: Filters::energy_floor(config.policy.lowest_energy_level),
+            score: config.policy.score_config(),
+            default_cpu_millicores: config.policy.default_cpu_millicores,
+            metrics: metrics.clone(),
+        });
+        let router = extender::router(extender, config.extender.max_request_bytes);
+        tokio::spawn(axum::serve(listener, router).into_future())
+    });
+    let extender_stopped = async {
+        match extender_http {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let watches = [
         tokio::spawn(watch::watch_nodes(
             clients.watches.clone(),
@@ -263,7 +293,7 @@ pub async fn run(
             decisions.run(leader_rx, heartbeat).await;
         })
     };
-    info!(%identity, scheduler_name = %config.scheduler_name, grpc = %bound.grpc, metrics = %bound.metrics, "wattwise-scheduler serving");
+    info!(%identity, scheduler_name = %config.scheduler_name, grpc = %bound.grpc, metrics = %bound.metrics, extender = ?bound.extender, "wattwise-scheduler serving");
     on_bound(bound);
 
     let [mut node_watch_task, mut pod_watch_task] = watches;
@@ -274,6 +304,7 @@ pub async fn run(
         _ = shutdown => info!("shutting down"),
         r = grpc => r?.context("gRPC server stopped")?,
         r = http => r?.context("metrics server stopped")?,
+        r = extender_stopped => r?.context("extender server stopped")?,
         r = &mut decide => return Err(loop_ended("decision loop", r)),
         r = &mut gauges => return Err(loop_ended("gauges", r)),
         r = &mut node_watch_task => return Err(loop_ended("node watch", r)),

@@ -56,6 +56,41 @@ pub struct KubeScheduler {
     pub leader_elect: bool,
     /// After the fixture's own flags, e.g. `--kube-api-qps=…` (1.20 defaults to 50 QPS, burst 100).
     pub extra_args: Vec<String>,
+    /// Extenders it calls. Any makes the fixture run it with a `KubeSchedulerConfiguration`
+    /// file (`kubescheduler.config.k8s.io/v1beta1`, 1.20's newest) carrying them, its client
+    /// and leader election set as the flags would set them.
+    pub extenders: Vec<SchedulerExtender>,
+}
+
+/// One entry of a `KubeSchedulerConfiguration`'s `extenders:` (1.20's v1beta1 `Extender`).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulerExtender {
+    /// e.g. `http://127.0.0.1:9202`; kube-scheduler appends `/<verb>`.
+    pub url_prefix: String,
+    pub filter_verb: String,
+    pub prioritize_verb: String,
+    /// Multiplies the extender's 0..=10 scores (then scaled by 10 to kube's 0..=100).
+    pub weight: i64,
+    /// Only node names travel (the extender keeps its own node cache).
+    pub node_cache_capable: bool,
+    /// Scheduling goes on without the extender when it cannot be reached or fails.
+    pub ignorable: bool,
+}
+
+impl SchedulerExtender {
+    /// An extender at `addr` with the verbs `filter` and `prioritize`, node names only and
+    /// ignorable, as wattwise's shipped configuration has it.
+    pub fn wattwise(addr: std::net::SocketAddr, weight: i64) -> Self {
+        Self {
+            url_prefix: format!("http://{addr}"),
+            filter_verb: "filter".into(),
+            prioritize_verb: "prioritize".into(),
+            weight,
+            node_cache_capable: true,
+            ignorable: true,
+        }
+    }
 }
 
 /// A running control plane; everything stops on drop.
@@ -222,6 +257,24 @@ impl ControlPlane {
             SCHEDULER_TOKEN,
         )?;
         let mut cmd = Command::new(kube_binary("kube-scheduler")?);
+        if !options.extenders.is_empty() {
+            // With --config, 1.20 ignores the deprecated flags (--kubeconfig, --leader-elect,
+            // --port): the file says it all.
+            let config = self.dir.path().join("kube-scheduler-config.json");
+            let health = |port: u16| format!("127.0.0.1:{port}");
+            let document = serde_json::json!({
+                "apiVersion": "kubescheduler.config.k8s.io/v1beta1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {"kubeconfig": kubeconfig},
+                "leaderElection": {"leaderElect": options.leader_elect},
+                "healthzBindAddress": health(free_tcp_port()?),
+                "metricsBindAddress": health(free_tcp_port()?),
+                "extenders": options.extenders,
+            });
+            std::fs::write(&config, serde_json::to_vec_pretty(&document)?)
+                .with_context(|| format!("writing {}", config.display()))?;
+            cmd.arg(format!("--config={}", config.display()));
+        }
         cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!(
                 "--authentication-kubeconfig={}",

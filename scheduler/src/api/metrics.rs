@@ -43,6 +43,22 @@ struct LevelLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabel {
+    verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    verb: &'static str,
+    result: &'static str,
+}
+
+/// 10 µs … ~0.33 s: one extender call over every node sent.
+fn extender_call_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -76,6 +92,8 @@ pub struct SchedulerMetrics {
     offload_reservations: Family<OutcomeLabel, Counter>,
     pods_on_low_energy_nodes: Gauge,
     offload_pass_duration: Histogram,
+    extender_calls: Family<CallLabels, Counter>,
+    extender_call_duration: Family<VerbLabel, Histogram, fn() -> Histogram>,
     synced: AtomicBool,
 }
 
@@ -129,6 +147,8 @@ impl SchedulerMetrics {
             pods_on_low_energy_nodes: Gauge::default(),
             // 1 ms … ~65 s: a pass lists the pods of weak nodes and evicts within limits.
             offload_pass_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            extender_calls: Family::default(),
+            extender_call_duration: Family::new_with_constructor(extender_call_buckets),
             synced: AtomicBool::new(false),
         };
         registry.register(
@@ -221,6 +241,17 @@ impl SchedulerMetrics {
             "wattwise_scheduler_offload_pass_duration_seconds",
             "One offloader pass: listing the weak nodes' pods, planning, evicting",
             m.offload_pass_duration.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_extender_calls",
+            "kube-scheduler extender calls by verb (filter, prioritize) and result (ok, \
+             bad_request, not_synced)",
+            m.extender_calls.clone(),
+        );
+        registry.register(
+            "wattwise_scheduler_extender_call_duration_seconds",
+            "One extender call, from its body read to its answer, by verb",
+            m.extender_call_duration.clone(),
         );
         registry.register(
             "wattwise_scheduler_build",
@@ -337,6 +368,16 @@ impl SchedulerMetrics {
     pub fn offload_pass(&self, seconds: f64, on_weak_nodes: usize) {
         self.offload_pass_duration.observe(seconds);
         self.pods_on_low_energy_nodes.set(on_weak_nodes as i64);
+    }
+
+    /// One extender call of `verb` ended with `result` after `seconds`.
+    pub fn extender_call(&self, verb: &'static str, result: &'static str, seconds: f64) {
+        self.extender_calls
+            .get_or_create(&CallLabels { verb, result })
+            .inc();
+        self.extender_call_duration
+            .get_or_create(&VerbLabel { verb })
+            .observe(seconds);
     }
 
     pub fn event_dropped(&self) {

@@ -215,8 +215,13 @@ impl ClusterCache {
 
     // ---- pods ----
 
-    /// Takes a pod from a watch event and says what it means for the queue.
+    /// Takes a pod from a watch event, now, and says what it means for the queue.
     pub fn apply_pod(&mut self, pod: &Pod) -> PodChange {
+        self.apply_pod_at(pod, Instant::now())
+    }
+
+    /// Takes a pod from a watch event seen at `now`.
+    pub fn apply_pod_at(&mut self, pod: &Pod, now: Instant) -> PodChange {
         let seen = self.store.apply_pod(
             pod,
             &self.settings.scheduler_name,
@@ -228,6 +233,15 @@ impl ClusterCache {
             .overlay
             .confirm(&seen.uid, seen.node.as_deref(), horizon);
         touched.extend(confirmed);
+        // Bound by someone else (kube-scheduler in extender mode, another replica): it starts
+        // like a pod we bound, so its CPU counts on top of measurements until they contain it.
+        if let (Some(cpu), Some(node)) = (seen.newly_bound, seen.node.as_deref()) {
+            if self.overlay.get(&seen.uid).is_none() {
+                let started = Reservation::started_elsewhere(node, cpu, now);
+                self.overlay.starting(&seen.uid, started, horizon);
+                touched.push(node.to_string());
+            }
+        }
         for node in touched {
             self.refresh(&node);
         }
@@ -752,6 +766,55 @@ mod tests {
         c.advance(t0 + Duration::from_secs(31));
         assert_eq!(power(&c, "ours").energy, None);
         assert_eq!(publication(&c, false)["ours"].1, ReportedEnergy::None);
+    }
+
+    #[test]
+    fn pods_another_scheduler_binds_count_on_top_of_measurements_while_they_start() {
+        let mut c = ClusterCache::new(settings());
+        c.apply_node(&node("n1", "4", json!({})));
+        let t0 = Instant::now();
+        c.ingest_report(&report("n1", 1, 0.25, None), t0).unwrap();
+        // Seen pending, then bound by kube-scheduler (extender mode): its requests count at
+        // once, and its CPU on top of the 25 % measured until a report can contain it.
+        let stock = |node| pod("s", Some("1"), node, "default-scheduler");
+        assert_eq!(
+            c.apply_pod_at(&stock(None), t0),
+            PodChange::NotPending("uid-s".into())
+        );
+        assert!((power(&c, "n1").utilisation - 0.25).abs() < 1e-12);
+        let bound_at = t0 + Duration::from_secs(1);
+        c.apply_pod_at(&stock(Some("n1")), bound_at);
+        assert_eq!(c.node("n1").unwrap().requested.cpu_millicores, 1000);
+        assert!((power(&c, "n1").utilisation - 0.5).abs() < 1e-12);
+        // Status updates of the bound pod change nothing.
+        c.apply_pod_at(&stock(Some("n1")), bound_at + Duration::from_secs(1));
+        assert!((power(&c, "n1").utilisation - 0.5).abs() < 1e-12);
+        assert_eq!(c.overlay.sizes().0, 1);
+        let later = bound_at + settings().start_window + Duration::from_millis(100);
+        c.ingest_report(&report("n1", 2, 0.5, None), later).unwrap();
+        assert!((power(&c, "n1").utilisation - 0.5).abs() < 1e-12);
+        assert_eq!(c.overlay.sizes().0, 0, "measured: nothing left on top");
+
+        // A pod first seen bound (a relist, a restart) has been running: only its requests count.
+        c.apply_pod_at(
+            &pod("old", Some("1"), Some("n1"), "default-scheduler"),
+            later,
+        );
+        assert_eq!(c.node("n1").unwrap().requested.cpu_millicores, 2000);
+        assert!((power(&c, "n1").utilisation - 0.5).abs() < 1e-12);
+        assert_eq!(c.overlay.sizes().0, 0);
+        // Deleted, the count ends at once; without a report containing it, at the horizon.
+        let quick = pod("q", Some("1"), None, "default-scheduler");
+        c.apply_pod_at(&quick, later);
+        c.apply_pod_at(&pod("q", Some("1"), Some("n1"), "default-scheduler"), later);
+        assert_eq!(c.overlay.sizes().0, 1);
+        c.delete_pod(&quick);
+        assert_eq!(c.overlay.sizes().0, 0);
+        c.apply_pod_at(&pod("h", Some("1"), None, "default-scheduler"), later);
+        c.apply_pod_at(&pod("h", Some("1"), Some("n1"), "default-scheduler"), later);
+        c.advance(later + settings().reservation_horizon() + Duration::from_secs(1));
+        assert_eq!(c.overlay.sizes().0, 0);
+        assert_snapshot_in_step(&c);
     }
 
     #[test]

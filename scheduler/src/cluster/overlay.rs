@@ -7,7 +7,9 @@
 //!   node's measured utilisation (image pull, init containers): it counts on top of a report
 //!   observed less than the start-up window after it was placed
 //!   ([`ReservationState::Starting`]), as Trimaran's TargetLoadPacking does, so a burst does not
-//!   herd onto the node that looked cheapest before the burst.
+//!   herd onto the node that looked cheapest before the burst. A pod another scheduler binds
+//!   while we watch (kube-scheduler in extender mode, another replica) starts the same way and
+//!   counts the same way ([`Reservation::started_elsewhere`]).
 //!
 //! Every reservation ends: a failed bind, the pod's deletion, another node in the API, or, once
 //! starting, a report that can contain it or the time after which none can leave it out.
@@ -70,6 +72,19 @@ impl Reservation {
         }
     }
 
+    /// A pod another scheduler (or replica) bound to `node`, seen at `now`: only its CPU counts,
+    /// on top of measurements, while it starts (its requests are in the API's usage already).
+    pub fn started_elsewhere(node: &str, cpu_millicores: u64, now: Instant) -> Self {
+        Self {
+            node: node.to_string(),
+            requests: Resources::default(),
+            host_ports: Vec::new(),
+            cpu_millicores,
+            since: now,
+            state: ReservationState::Starting,
+        }
+    }
+
     /// Whether a measurement observed at `observed_at` may not contain the pod yet (a planned
     /// one's pod does not exist yet: no measurement contains it).
     fn unmeasured_at(&self, observed_at: Instant, window: Duration) -> bool {
@@ -122,6 +137,16 @@ impl Overlay {
             .push(uid.to_string());
         self.reservations.insert(uid.to_string(), reservation);
         old
+    }
+
+    /// Counts a starting pod (`reservation` in [`ReservationState::Starting`]) until a measurement
+    /// contains it, `horizon` after it was placed at the latest.
+    pub fn starting(&mut self, uid: &str, reservation: Reservation, horizon: Duration) {
+        debug_assert_eq!(reservation.state, ReservationState::Starting);
+        if let Some(due) = reservation.since.checked_add(horizon) {
+            self.expiries.push(Reverse((due, uid.to_string())));
+        }
+        self.reserve(uid, reservation);
     }
 
     /// Holds capacity on `reservation.node` for `replacement` until `until`, for the pod

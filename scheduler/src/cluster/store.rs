@@ -54,6 +54,9 @@ pub struct PodSeen {
     pub touched: Vec<String>,
     /// One of ours, waiting for a node: what the policy needs to place it.
     pub pending: Option<PodRequest>,
+    /// The pod's pricing CPU (millicores) when this event shows it bound and the one before
+    /// showed it unbound: a bind while we watched, by whichever scheduler.
+    pub newly_bound: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +186,7 @@ impl ApiStore {
                     node: None,
                     touched,
                     pending: None,
+                    newly_bound: None,
                 };
             }
         };
@@ -197,6 +201,8 @@ impl ApiStore {
             requests: request.requests.clone(),
             host_ports: request.host_ports.clone(),
         };
+        let was_unbound = self.pods.get(&uid).is_some_and(|old| old.node.is_none());
+        let newly_bound = (was_unbound && node.is_some()).then_some(request.pricing_cpu_millicores);
         let mut touched = Vec::new();
         // Most events are status updates that change nothing counted.
         let unchanged = self.pods.get(&uid).is_some_and(|old| {
@@ -224,6 +230,7 @@ impl ApiStore {
             node,
             touched,
             pending,
+            newly_bound,
         }
     }
 

@@ -123,9 +123,14 @@ pub struct Scan<'a> {
 impl<'a> Scan<'a> {
     /// Every node of `nodes`, none rejected yet.
     pub(crate) fn new(nodes: &'a Snapshot, explain: bool) -> Self {
+        Self::among(nodes, NodeSet::full(nodes.len()), explain)
+    }
+
+    /// The nodes of `nodes` in `among`, none rejected yet.
+    fn among(nodes: &'a Snapshot, among: NodeSet, explain: bool) -> Self {
         Self {
             nodes,
-            feasible: NodeSet::full(nodes.len()),
+            feasible: among,
             rejected: explain.then(Vec::new),
         }
     }
@@ -551,6 +556,15 @@ impl Filter for EnergyFloor {
 /// An ordered filter chain; the first failing unit names the node's reason.
 pub struct Filters(pub Vec<Box<dyn Filter + Send + Sync>>);
 
+/// A chain's verdict on some nodes of a snapshot, each named by its row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Ascending.
+    pub passed: Vec<usize>,
+    /// Ascending, each with its first failing unit's reason.
+    pub failed: Vec<(usize, FilterReason<'static>)>,
+}
+
 impl Filters {
     /// kube's checks in kube's order, with the energy floor right after readiness: a node failing
     /// several is counted under its first failure.
@@ -570,6 +584,14 @@ impl Filters {
         ])
     }
 
+    /// The energy floor alone: what wattwise adds to a scheduler that runs kube's own checks
+    /// (kube-scheduler calling it as an extender).
+    pub fn energy_floor(lowest_energy: EnergyLevel) -> Self {
+        Self(vec![Box::new(EnergyFloor {
+            lowest_allowed: lowest_energy,
+        })])
+    }
+
     /// Runs the chain over every node of `nodes`. Each unit sees only the nodes all earlier units
     /// passed, so a node is rejected (and, when explaining, counted) under its first failing unit.
     pub(crate) fn scan<'a>(
@@ -578,11 +600,44 @@ impl Filters {
         nodes: &'a Snapshot,
         explain: bool,
     ) -> Scan<'a> {
-        let mut scan = Scan::new(nodes, explain);
+        self.scan_among(pod, nodes, NodeSet::full(nodes.len()), explain)
+    }
+
+    fn scan_among<'a>(
+        &self,
+        pod: &'a PodRequest,
+        nodes: &'a Snapshot,
+        among: NodeSet,
+        explain: bool,
+    ) -> Scan<'a> {
+        let mut scan = Scan::among(nodes, among, explain);
         for filter in &self.0 {
             filter.filter(pod, &mut scan);
         }
         scan
+    }
+
+    /// The chain over the nodes in `among` only: which pass, and why each other one fails.
+    pub(crate) fn verdicts(&self, pod: &PodRequest, nodes: &Snapshot, among: &NodeSet) -> Verdicts {
+        let passed = self.scan_among(pod, nodes, among.clone(), false).feasible;
+        // Failures are the rare case (a few weak nodes): each is explained by a scan of its own.
+        let failed = among
+            .and_not(&passed)
+            .iter()
+            .filter_map(|row| {
+                let mut one = NodeSet::default();
+                one.set(row, true);
+                let reason = self
+                    .scan_among(pod, nodes, one, true)
+                    .into_rejected()
+                    .pop()?;
+                Some((row, reason.0.into_owned()))
+            })
+            .collect();
+        Verdicts {
+            passed: passed.iter().collect(),
+            failed,
+        }
     }
 
     /// The first unit that rejects `node`, with its reason; `None` when the node is feasible.
@@ -1032,6 +1087,62 @@ mod tests {
                 "NodeResourcesFit",
                 "NodePorts"
             ]
+        );
+    }
+
+    #[test]
+    fn verdicts_judge_only_the_nodes_asked_about_with_a_reason_for_each_failure() {
+        let filters = Filters::energy_floor(EnergyLevel::LowPowered);
+        let mut nodes = Vec::new();
+        for (name, level) in [
+            ("well", Some(EnergyLevel::WellPowered)),
+            ("powerless-1", Some(EnergyLevel::Powerless)),
+            ("grid", None),
+            ("powerless-2", Some(EnergyLevel::Powerless)),
+            ("low", Some(EnergyLevel::LowPowered)),
+        ] {
+            let mut n = node(name);
+            n.power.energy = level;
+            nodes.push(n);
+        }
+        // Full and cordoned: kube-scheduler's business, not the energy floor's.
+        nodes[0].requested.cpu_millicores = nodes[0].allocatable.cpu_millicores;
+        nodes[4].unschedulable = true;
+        let snapshot = Snapshot::new(&nodes);
+        let p = pod("p");
+        let v = crate::policy::verdicts(&p, &snapshot, &[0, 1, 2, 4], &filters);
+        assert_eq!(v.passed, [0, 2, 4]);
+        assert_eq!(
+            v.failed,
+            [(1, FilterReason::Energy(EnergyLevel::Powerless))],
+            "powerless-2 was not asked about"
+        );
+        assert_eq!(v.failed[0].1.to_string(), "node(s) were powerless");
+        let v = crate::policy::verdicts(&p, &snapshot, &[3], &filters);
+        assert_eq!((v.passed.len(), v.failed.len()), (0, 1));
+        // The standard chain explains each node by its first failure, as schedule counts it.
+        let v = crate::policy::verdicts(
+            &p,
+            &snapshot,
+            &[0, 1, 2, 3, 4],
+            &Filters::standard(EnergyLevel::LowPowered),
+        );
+        assert_eq!(v.passed, [2]);
+        assert_eq!(
+            v.failed,
+            [
+                (0, FilterReason::Insufficient("cpu".into())),
+                (1, FilterReason::Energy(EnergyLevel::Powerless)),
+                (3, FilterReason::Energy(EnergyLevel::Powerless)),
+                (4, FilterReason::Unschedulable),
+            ]
+        );
+        // Constraints standalone mode refuses are the calling scheduler's to evaluate.
+        let mut spread = pod("spread");
+        spread.constraints.hard_topology_spread = vec!["zone".into()];
+        assert_eq!(
+            crate::policy::verdicts(&spread, &snapshot, &[0, 2], &filters).passed,
+            [0, 2]
         );
     }
 }

@@ -19,12 +19,13 @@ use std::fmt;
 use wattwise_core::{EnergyLevel, Marginal};
 
 pub use constraints::Unsupported;
-pub use filter::{Filter, FilterReason, Filters};
-pub use score::{PolicyKind, ScoreConfig};
+pub use filter::{Filter, FilterReason, Filters, Verdicts};
+pub use score::{PolicyKind, ScoreConfig, MAX_PRIORITY};
 pub use snapshot::Snapshot;
 pub use types::*;
 
 use score::Shortlist;
+use snapshot::NodeSet;
 
 /// Where a pod goes and what it costs there.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +143,34 @@ fn decision(pod: &PodRequest, nodes: &Snapshot, index: usize, feasible: usize) -
 /// placement rules that rank nodes another way (the simulator's baselines).
 pub fn feasible(pod: &PodRequest, nodes: &Snapshot, filters: &Filters) -> Vec<usize> {
     filters.scan(pod, nodes, false).feasible().iter().collect()
+}
+
+/// Another scheduler's filter step (kube-scheduler calling wattwise as an extender): `filters`
+/// over the nodes at `rows` of `nodes` only. Unlike [`schedule`], constraints standalone mode
+/// does not evaluate are no reason to refuse the pod: the calling scheduler evaluates them.
+pub fn verdicts(pod: &PodRequest, nodes: &Snapshot, rows: &[usize], filters: &Filters) -> Verdicts {
+    filters.verdicts(pod, nodes, &node_set(nodes, rows))
+}
+
+/// Another scheduler's score step: the nodes at `rows` of `nodes` scored
+/// 0..=[`MAX_PRIORITY`] for `pod` by [`ScoreConfig`]'s ranking (see [`score::priorities`]),
+/// as (row, score) ascending by row.
+pub fn priorities(
+    pod: &PodRequest,
+    nodes: &Snapshot,
+    rows: &[usize],
+    score: &ScoreConfig,
+) -> Vec<(usize, u8)> {
+    score::priorities(score, pod, nodes, &node_set(nodes, rows))
+}
+
+/// The rows as a set; rows `nodes` does not have are left out.
+fn node_set(nodes: &Snapshot, rows: &[usize]) -> NodeSet {
+    let mut set = NodeSet::default();
+    for &row in rows.iter().filter(|&&row| row < nodes.len()) {
+        set.set(row, true);
+    }
+    set
 }
 
 /// Runs the chain again, counting, so the common case (some node fits) counts nothing and

@@ -152,37 +152,191 @@ impl<'c> Shortlist<'c> {
 
     /// The winning node's row in `nodes`; `None` when no node is feasible.
     pub fn choose(&self, pod: &PodRequest, nodes: &Snapshot) -> Option<usize> {
-        let class = || self.candidates.iter();
-        match self.config.kind {
-            PolicyKind::Tiered => {
-                let cheapest = class().map(|c| c.watts).fold(f64::INFINITY, f64::min);
+        let ranking = Ranking::of(self.config, &self.candidates);
+        rendezvous(
+            pod,
+            nodes,
+            self.candidates.iter().filter(|c| ranking.is_best(c)),
+        )
+    }
+}
+
+/// How the candidates of one shortlist compare: the best (tied within the tolerance) are those
+/// [`Shortlist::choose`] picks among; [`Ranking::standing`] places the others below them.
+enum Ranking {
+    Tiered {
+        /// The cheapest watts plus `tie_watts`: every candidate at or below ties for best.
+        limit: f64,
+        dearest: f64,
+    },
+    Weighted {
+        energy: f64,
+        power: f64,
+        /// Watts range, for the power score.
+        min: f64,
+        max: f64,
+        /// Best and worst combined score.
+        best: f64,
+        worst: f64,
+    },
+}
+
+impl Ranking {
+    fn of(config: &ScoreConfig, candidates: &[Candidate]) -> Self {
+        let (min, max) = candidates
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
+                (lo.min(c.watts), hi.max(c.watts))
+            });
+        match config.kind {
+            PolicyKind::Tiered => Ranking::Tiered {
                 // max(0) also turns a NaN tolerance into "exact ties only".
-                let limit = cheapest + self.config.tie_watts.max(0.0);
-                rendezvous(pod, nodes, class().filter(|c| c.watts <= limit))
-            }
+                limit: min + config.tie_watts.max(0.0),
+                dearest: max,
+            },
             PolicyKind::Weighted { energy, power } => {
-                let (min, max) = class().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
-                    (lo.min(c.watts), hi.max(c.watts))
-                });
-                let score = |c: &Candidate| {
-                    let power_score = if max > min {
-                        1.0 - (c.watts - min) / (max - min)
-                    } else {
-                        1.0
-                    };
-                    let score = energy * energy_score(c.tier) + power * power_score;
-                    // Non-finite weights (∞ × 0) must not make every node lose.
-                    if score.is_nan() {
-                        f64::NEG_INFINITY
-                    } else {
-                        score
-                    }
-                };
-                let best = class().map(score).fold(f64::NEG_INFINITY, f64::max);
-                rendezvous(pod, nodes, class().filter(|c| score(c) >= best - SCORE_TIE))
+                let score = |c: &Candidate| weighted(energy, power, min, max, c);
+                let (best, worst) = candidates
+                    .iter()
+                    .map(score)
+                    .fold((f64::NEG_INFINITY, f64::INFINITY), |(b, w), s| {
+                        (b.max(s), w.min(s))
+                    });
+                Ranking::Weighted {
+                    energy,
+                    power,
+                    min,
+                    max,
+                    best,
+                    worst,
+                }
             }
         }
     }
+
+    /// What the policy compares: the weighted policy's combined score, or minus the watts.
+    fn score(&self, c: &Candidate) -> f64 {
+        match *self {
+            Ranking::Tiered { .. } => -c.watts,
+            Ranking::Weighted {
+                energy,
+                power,
+                min,
+                max,
+                ..
+            } => weighted(energy, power, min, max, c),
+        }
+    }
+
+    /// Whether `c` ties for best.
+    fn is_best(&self, c: &Candidate) -> bool {
+        match *self {
+            Ranking::Tiered { limit, .. } => c.watts <= limit,
+            Ranking::Weighted { best, .. } => self.score(c) >= best - SCORE_TIE,
+        }
+    }
+
+    /// 1 for the best, else in 0..1: how far `c` is from the worst candidate towards the best,
+    /// in watts (tiered) or combined score (weighted).
+    fn standing(&self, c: &Candidate) -> f64 {
+        if self.is_best(c) {
+            return 1.0;
+        }
+        let (best, worst) = match *self {
+            Ranking::Tiered { limit, dearest } => (-limit, -dearest),
+            Ranking::Weighted { best, worst, .. } => (best, worst),
+        };
+        let standing = (self.score(c) - worst) / (best - worst);
+        // NaN (infinite watts) counts as the worst.
+        if standing.is_nan() {
+            0.0
+        } else {
+            standing.clamp(0.0, 1.0)
+        }
+    }
+}
+
+/// `energy × energy score + power × power score`, the power score from the candidates' watts
+/// range `min..=max`.
+fn weighted(energy: f64, power: f64, min: f64, max: f64, c: &Candidate) -> f64 {
+    let power_score = if max > min {
+        1.0 - (c.watts - min) / (max - min)
+    } else {
+        1.0
+    };
+    let score = energy * energy_score(c.tier) + power * power_score;
+    // Non-finite weights (∞ × 0) must not make every node lose.
+    if score.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        score
+    }
+}
+
+/// kube-scheduler's `MaxExtenderPriority`: an extender's scores run from 0 to this.
+pub const MAX_PRIORITY: u8 = 10;
+
+/// The nodes in `candidates` scored 0..=[`MAX_PRIORITY`] for `pod` (row, score), for a scheduler
+/// that adds its own scores to ours (kube-scheduler calling wattwise as an extender).
+///
+/// The candidates are ranked exactly as [`crate::policy::schedule`] ranks nodes, in groups: the
+/// shortlist it would choose from (the best class and, under `tiered`, the best energy tier),
+/// then the shortlist of the nodes left, and so on. The 11 scores are split into one band per
+/// group, best group highest (with more than 11 groups the worst share 0), so a node never
+/// scores below a node of a worse group. Within its band a node's score follows its standing:
+/// the nodes [`crate::policy::schedule`] would pick among (the cheapest within `tie_watts`, or
+/// the best weighted score) get the band's top, the others less by marginal watts (slot charge
+/// included) or weighted score, the worst the band's bottom. So the nodes wattwise would choose
+/// score 10 and, unless there are 11 groups or more, no other node does.
+pub(crate) fn priorities(
+    config: &ScoreConfig,
+    pod: &PodRequest,
+    nodes: &Snapshot,
+    candidates: &NodeSet,
+) -> Vec<(usize, u8)> {
+    let mut groups: Vec<Vec<(usize, f64)>> = Vec::new();
+    let mut rest = candidates.clone();
+    loop {
+        let shortlist = Shortlist::new(config, pod, nodes, &rest);
+        if shortlist.candidates.is_empty() {
+            break;
+        }
+        let ranking = Ranking::of(config, &shortlist.candidates);
+        for c in &shortlist.candidates {
+            rest.set(c.node as usize, false);
+        }
+        groups.push(
+            shortlist
+                .candidates
+                .iter()
+                .map(|c| (c.node as usize, ranking.standing(c)))
+                .collect(),
+        );
+    }
+    // The 11 scores split into one band per group, the larger bands at the top.
+    let values = usize::from(MAX_PRIORITY) + 1;
+    let k = groups.len();
+    let mut scores = Vec::with_capacity(candidates.len());
+    let mut top = usize::from(MAX_PRIORITY);
+    for (j, group) in groups.iter().enumerate() {
+        let size = (values / k + usize::from(j < values % k)).max(1);
+        let bottom = (top + 1).saturating_sub(size);
+        for &(node, standing) in group {
+            let score = if standing == 1.0 || size == 1 {
+                top
+            } else {
+                // The epsilon keeps float noise from dropping a node a whole point; only the
+                // best reach the top of their band.
+                let within = (standing * (size - 1) as f64 + 1e-9).floor() as usize;
+                (bottom + within).min(top - 1)
+            };
+            scores.push((node, score as u8));
+        }
+        // More groups than scores: the rest share the lowest.
+        top = bottom.saturating_sub(1);
+    }
+    scores.sort_unstable();
+    scores
 }
 
 /// CPU (millicores) a node's pod limit is expected to leave unused: what is free beyond what
@@ -658,5 +812,172 @@ mod tests {
             chosen(&nodes, &sized("small", 250), &ScoreConfig::default()),
             "efficient"
         );
+    }
+
+    /// `priorities` over every node, by name.
+    fn scores(nodes: &[NodeState], p: &PodRequest, config: &ScoreConfig) -> Vec<(String, u8)> {
+        let rows: Vec<usize> = (0..nodes.len()).collect();
+        crate::policy::priorities(p, &Snapshot::new(nodes), &rows, config)
+            .into_iter()
+            .map(|(row, score)| (nodes[row].name.clone(), score))
+            .collect()
+    }
+
+    fn score_of(scores: &[(String, u8)], name: &str) -> u8 {
+        scores.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[test]
+    fn priorities_rank_as_the_policy_decides_energy_tier_then_watts() {
+        use EnergyLevel::*;
+        let mut stale = with("stale-cheapest", Some(WellPowered), 10.0, 20.0);
+        stale.power.fresh = false;
+        let nodes = [
+            with("well-cheap", Some(WellPowered), 100.0, 200.0),
+            with("well-mid", Some(WellPowered), 100.0, 300.0),
+            with("well-dear", Some(WellPowered), 100.0, 400.0),
+            with("vulnerable-cheapest", Some(Vulnerable), 50.0, 100.0),
+            with("low-cheap", Some(LowPowered), 100.0, 200.0),
+            stale,
+        ];
+        let config = ScoreConfig::default();
+        let s = scores(&nodes, &pod("p"), &config);
+        assert_eq!(s.len(), nodes.len());
+        // Only the node the standalone policy picks gets the top score.
+        assert_eq!(score_of(&s, "well-cheap"), MAX_PRIORITY);
+        assert_eq!(winner(&nodes, &config), "well-cheap");
+        let order = [
+            "well-cheap",
+            "well-mid",
+            "well-dear",
+            "vulnerable-cheapest",
+            "low-cheap",
+            "stale-cheapest",
+        ];
+        for pair in order.windows(2) {
+            assert!(
+                score_of(&s, pair[0]) > score_of(&s, pair[1]),
+                "{} above {}: {s:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        // Four groups (well-powered, vulnerable, low-powered, then the stale class) in bands of
+        // 3, 3, 3 and 2 scores: the worst of a group at the bottom of its band, the best of a
+        // group at the top.
+        assert_eq!(score_of(&s, "well-dear"), 8);
+        assert_eq!(score_of(&s, "vulnerable-cheapest"), 7);
+        assert_eq!(score_of(&s, "stale-cheapest"), 1);
+    }
+
+    #[test]
+    fn priorities_give_the_top_score_to_every_tied_node_and_to_none_other() {
+        // 6.25 W, +0.02 W (a tie within tie_watts) and +1 W.
+        let nodes = [
+            with("a", None, 100.0, 300.0),
+            with("b", None, 100.0, 300.64),
+            with("c", None, 100.0, 332.0),
+        ];
+        let s = scores(&nodes, &pod("p"), &ScoreConfig::default());
+        assert_eq!(
+            s,
+            [("a".into(), 10), ("b".into(), 10), ("c".into(), 0)],
+            "one group: the best at the top, the dearest at the bottom"
+        );
+        // Identical nodes all tie.
+        let same: Vec<_> = (0..3).map(|i| node(&format!("n{i}"))).collect();
+        let s = scores(&same, &pod("p"), &ScoreConfig::default());
+        assert!(s.iter().all(|(_, score)| *score == MAX_PRIORITY), "{s:?}");
+    }
+
+    #[test]
+    fn priorities_score_only_the_candidates_given() {
+        use EnergyLevel::*;
+        let nodes = [
+            with("well-cheap", Some(WellPowered), 100.0, 200.0),
+            with("well-dear", Some(WellPowered), 100.0, 400.0),
+            with("vulnerable", Some(Vulnerable), 100.0, 150.0),
+        ];
+        let snapshot = Snapshot::new(&nodes);
+        let p = pod("p");
+        let config = ScoreConfig::default();
+        // The cheap node taken by another scheduler's rule: the next best now tops the list.
+        let s = crate::policy::priorities(&p, &snapshot, &[1, 2], &config);
+        assert_eq!(s, [(1, MAX_PRIORITY), (2, 4)], "bands 5..=10 and 0..=4");
+        assert!(crate::policy::priorities(&p, &snapshot, &[], &config).is_empty());
+        assert_eq!(
+            crate::policy::priorities(&p, &snapshot, &[0, 7], &config),
+            [(0, MAX_PRIORITY)],
+            "no row 7"
+        );
+    }
+
+    #[test]
+    fn priorities_follow_the_weighted_policy() {
+        use EnergyLevel::*;
+        let nodes = [
+            with("well-expensive", Some(WellPowered), 100.0, 400.0),
+            with("vulnerable-cheap", Some(Vulnerable), 100.0, 150.0),
+            with("low-mid", Some(LowPowered), 100.0, 250.0),
+        ];
+        let weighted = |energy, power| ScoreConfig {
+            kind: PolicyKind::Weighted { energy, power },
+            ..ScoreConfig::default()
+        };
+        for (config, top) in [
+            (weighted(1.0, 0.0), "well-expensive"),
+            (weighted(0.0, 1.0), "vulnerable-cheap"),
+            (weighted(1.0, 0.4), "vulnerable-cheap"),
+        ] {
+            let s = scores(&nodes, &pod("p"), &config);
+            assert_eq!(winner(&nodes, &config), top);
+            let tops: Vec<_> = s.iter().filter(|(_, v)| *v == MAX_PRIORITY).collect();
+            assert_eq!(
+                tops,
+                [&(top.to_string(), MAX_PRIORITY)],
+                "{config:?}: {s:?}"
+            );
+        }
+        // Energy alone: well 1, low 1/3, vulnerable 2/3 of the range → 10, 0, 5.
+        let s = scores(&nodes, &pod("p"), &weighted(1.0, 0.0));
+        assert_eq!(score_of(&s, "vulnerable-cheap"), 5, "{s:?}");
+        assert_eq!(score_of(&s, "low-mid"), 0, "{s:?}");
+    }
+
+    #[test]
+    fn the_top_score_is_the_standalone_choice_over_many_clusters() {
+        use EnergyLevel::*;
+        let levels = [None, Some(WellPowered), Some(Vulnerable), Some(LowPowered)];
+        for seed in 0..200u64 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let nodes: Vec<NodeState> = (0..1 + next(12))
+                .map(|i| {
+                    let mut n = loaded(
+                        &format!("n{i}"),
+                        levels[next(4) as usize],
+                        150.0 + next(300) as f64,
+                        next(105) as f64 / 100.0,
+                    );
+                    n.power.fresh = next(5) != 0;
+                    n
+                })
+                .collect();
+            for config in both_policies() {
+                let p = pod(&format!("p{seed}"));
+                let s = scores(&nodes, &p, &config);
+                let chosen = chosen(&nodes, &p, &config);
+                assert_eq!(
+                    score_of(&s, &chosen),
+                    MAX_PRIORITY,
+                    "{seed} {config:?}: {s:?}"
+                );
+            }
+        }
     }
 }

@@ -702,6 +702,7 @@ async fn run_phase(
                         format!("--kube-api-qps={}", qps.0),
                         format!("--kube-api-burst={}", qps.1),
                     ],
+                    ..KubeScheduler::default()
                 })
                 .await?;
             Running::Kube {
