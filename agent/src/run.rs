@@ -149,7 +149,9 @@ pub async fn run(
             }
             // The state file is synced to disk: off the async workers, one write at a time.
             if let Some(done) = saving.take_if(|s| s.is_finished()) {
-                builder.calibrator_mut().saved(joined(done.await));
+                let result = joined(done.await);
+                metrics.calibration_saved(result.is_ok());
+                builder.calibrator_mut().saved(result);
             }
             if saving.is_none() {
                 if let Some(save) = builder.calibrator_mut().due_save(Instant::now()) {

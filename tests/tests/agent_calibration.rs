@@ -100,12 +100,17 @@ impl Node {
     }
 
     async fn agent(&self) -> AgentProcess {
+        self.agent_with("").await
+    }
+
+    /// [`Node::agent`] with `extra` YAML appended to its configuration.
+    async fn agent_with(&self, extra: &str) -> AgentProcess {
         let yaml = format!(
             "node_name: node-cal\ninterval: {INTERVAL}\n\
              model: {{path: \"{model}\"}}\n\
              cpu: {{source: file, file: \"{cpu}\", capacity_millicores: 16000}}\n\
              bmc: {{mode: lan, host: 127.0.0.1, port: {port}, username: {user}, \
-             password_env: BMC_PASSWORD, timeout: 500ms}}\n",
+             password_env: BMC_PASSWORD, timeout: 500ms}}\n{extra}",
             model = generic_model().display(),
             cpu = self.cpu_file().display(),
             port = self.bmc.port(),
@@ -477,6 +482,74 @@ async fn a_corrupt_state_file_is_kept_aside_and_calibration_starts_fresh() {
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert!(saved["samples"].as_u64().unwrap() >= 10, "{saved}");
     assert_eq!(saved["format"], "wattwise.calibration/v2");
+}
+
+#[tokio::test]
+async fn an_unwritable_state_directory_keeps_the_agent_reporting_and_says_why() {
+    let mut node = Node::start(dell_like()).await;
+    let state = node.state_path();
+    // The state directory's place is taken by a file: every write fails, even as root.
+    let blocker = state.parent().unwrap().to_path_buf();
+    std::fs::write(&blocker, "").unwrap();
+    let agent = node.agent_with("calibration: {save_interval: 1s}\n").await;
+    let saves = |result: &'static str| {
+        let agent = &agent;
+        async move {
+            metric(
+                agent,
+                &format!("wattwise_calibration_saves_total{{result=\"{result}\"}}"),
+            )
+            .await
+            .unwrap_or(0.0)
+        }
+    };
+
+    hold(&mut node, &agent, 0.5, 10.0).await;
+    wait_until("a failed save", Duration::from_secs(30), || async {
+        Ok(saves("failed").await >= 1.0)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_tail(40)));
+    let log = agent.log_tail(200);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("cannot save the calibration state"))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(state.to_str().unwrap()),
+        "names the file: {warning}"
+    );
+    assert!(
+        warning.contains("(os error "),
+        "and the OS error: {warning}"
+    );
+    assert_eq!(saves("ok").await, 0.0);
+    // Still reporting, with what it learnt kept in memory.
+    let before = metric(&agent, "wattwise_reports_total").await.unwrap();
+    let r = report(&agent).await;
+    assert_eq!(calibration(&r), pb::CalibrationState::Calibrating);
+    wait_until("more reports", Duration::from_secs(10), || async {
+        Ok(metric(&agent, "wattwise_reports_total").await.unwrap() > before + 2.0)
+    })
+    .await
+    .unwrap();
+
+    // The directory becomes writable: the next retry saves what was learnt, without new samples.
+    std::fs::remove_file(&blocker).unwrap();
+    wait_until(
+        "a save once the directory is back",
+        Duration::from_secs(30),
+        || async { Ok(saves("ok").await >= 1.0) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_tail(40)));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(saved["samples"].as_u64().unwrap() >= 10, "{saved}");
+    assert!(agent
+        .log_tail(200)
+        .contains("calibration state saved again"));
 }
 
 /// A generated `fraction_of_peak` model (P / P_peak = 0.3 + 0.7 u at any inlet) with

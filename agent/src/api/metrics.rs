@@ -67,6 +67,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SaveLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     name: String,
     version: String,
@@ -102,6 +107,7 @@ pub struct AgentMetrics {
     calibration_mape_percent: Family<Vec<(String, String)>, GaugeF>,
     calibration_samples: Counter,
     calibration_rejected: Family<ReasonLabel, Counter>,
+    calibration_saves: Family<SaveLabel, Counter>,
     cpu_utilisation: GaugeF,
     cpu_capacity: Gauge,
     /// Label-less families so the series vanish while no energy reading counts.
@@ -142,6 +148,7 @@ impl AgentMetrics {
             calibration_mape_percent: Family::default(),
             calibration_samples: Counter::default(),
             calibration_rejected: Family::default(),
+            calibration_saves: Family::default(),
             cpu_utilisation: GaugeF::default(),
             cpu_capacity: Gauge::default(),
             energy_percent: Family::default(),
@@ -237,6 +244,12 @@ impl AgentMetrics {
             "wattwise_calibration_rejected_samples",
             "Measurements not fed to the calibration because they were invalid, by reason",
             m.calibration_rejected.clone(),
+        );
+        registry.register(
+            "wattwise_calibration_saves",
+            "Writes of the calibration state file, by result (ok, failed: the fit stays in memory \
+             and the write is retried)",
+            m.calibration_saves.clone(),
         );
         registry.register(
             "wattwise_cpu_utilisation_ratio",
@@ -412,6 +425,14 @@ impl AgentMetrics {
             }
             _ => self.model_uncalibrated_error_watts.clear(),
         }
+    }
+
+    /// A write of the calibration state file ended.
+    pub fn calibration_saved(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.calibration_saves
+            .get_or_create(&SaveLabel { result })
+            .inc();
     }
 
     pub fn observe_report(&self, report: &ValidatedReport) {
