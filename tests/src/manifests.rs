@@ -14,9 +14,14 @@ pub fn deploy_dir() -> PathBuf {
     repo_dir().join("deploy")
 }
 
-/// The objects of deploy/`file`.
+/// deploy/base/: the manifests `kubectl apply -k deploy/` installs.
+pub fn base_dir() -> PathBuf {
+    deploy_dir().join("base")
+}
+
+/// The objects of deploy/base/`file`.
 pub fn manifest(file: &str) -> Vec<Value> {
-    let path = deploy_dir().join(file);
+    let path = base_dir().join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_yaml::Deserializer::from_str(&text)

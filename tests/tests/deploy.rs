@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 use wattwise_core::EnergyLevel;
 use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
-use wattwise_testenv::manifests::{deploy_dir, mounted_volume};
+use wattwise_testenv::manifests::{base_dir, deploy_dir, mounted_volume};
 use wattwise_testenv::process::{free_tcp_port, require_program, wait_until, ManagedProcess};
 use wattwise_testenv::reports::{NodePowerSpec, ReportStream};
 use wattwise_testenv::served::{check_config, workspace_binary};
@@ -143,49 +143,59 @@ impl Kubectl {
     }
 }
 
-/// deploy/scheduler.yaml as this server accepts it. Its PodDisruptionBudget is policy/v1
-/// (Kubernetes ≥ 1.21); the test server (v1.20) serves only policy/v1beta1, whose spec is the
-/// same for what the manifest uses, so a copy with that one apiVersion changed is applied there
-/// (the README says so for old clusters).
-fn scheduler_manifest_for(kubectl: &Kubectl, dir: &Path) -> Result<PathBuf> {
-    let original = deploy_dir().join("scheduler.yaml");
+/// What `kubectl apply -k` installs on this server: deploy/ (the base), or on a server without
+/// policy/v1 (before 1.21; the test server is v1.20) the overlay deploy/overlays/pre-1.21,
+/// which the README names for such clusters.
+fn install_dir(kubectl: &Kubectl) -> Result<PathBuf> {
     let versions = kubectl.run(&["api-versions"])?;
     if versions.lines().any(|v| v.trim() == "policy/v1") {
-        return Ok(original);
+        return Ok(deploy_dir());
     }
-    let text = std::fs::read_to_string(&original)?;
-    let from = "apiVersion: policy/v1\nkind: PodDisruptionBudget\n";
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "scheduler.yaml has one policy/v1 PodDisruptionBudget"
-    );
-    let copy = dir.join("scheduler.yaml");
-    std::fs::write(
-        &copy,
-        text.replace(
-            from,
-            "apiVersion: policy/v1beta1\nkind: PodDisruptionBudget\n",
-        ),
-    )?;
-    eprintln!("server lacks policy/v1: applying the PodDisruptionBudget as policy/v1beta1");
-    Ok(copy)
+    eprintln!("server lacks policy/v1: installing deploy/overlays/pre-1.21");
+    Ok(deploy_dir().join("overlays/pre-1.21"))
 }
 
-/// Applies namespace.yaml, scheduler.yaml, agent.yaml and examples/ in the documented order;
-/// returns every object kubectl reported.
-fn apply_all(kubectl: &Kubectl, dir: &Path) -> Result<BTreeSet<String>> {
-    let deploy = deploy_dir();
-    let mut applied = BTreeSet::new();
-    for path in [
-        deploy.join("namespace.yaml"),
-        scheduler_manifest_for(kubectl, dir)?,
-        deploy.join("agent.yaml"),
-        deploy.join("examples"),
-    ] {
-        applied.extend(kubectl.apply(&path)?);
-    }
+/// Installs wattwise as the README says (`kubectl apply -k`, strict validation, a real apply),
+/// checks that applying again would change nothing (`kubectl diff -k`, a server-side dry run),
+/// then applies examples/; returns every object kubectl reported.
+fn apply_all(kubectl: &Kubectl) -> Result<BTreeSet<String>> {
+    let dir = install_dir(kubectl)?;
+    let dir = dir.to_str().context("a UTF-8 path")?;
+    let mut applied: BTreeSet<String> = kubectl
+        .run(&["apply", "--validate=strict", "-o", "name", "-k", dir])?
+        .lines()
+        .map(String::from)
+        .collect();
+    let diff = kubectl.output(&["diff", "-k", dir])?;
+    ensure!(
+        diff.status.success(),
+        "kubectl diff -k {dir} after the apply ({}):\n{}{}",
+        diff.status,
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    applied.extend(kubectl.apply(&deploy_dir().join("examples"))?);
     Ok(applied)
+}
+
+/// The base's kustomization lists every manifest in deploy/base/, so none is left out of
+/// `kubectl apply -k deploy/`.
+#[test]
+fn the_kustomization_lists_every_manifest() {
+    let text = std::fs::read_to_string(base_dir().join("kustomization.yaml")).unwrap();
+    let kustomization: Value = serde_yaml::from_str(&text).unwrap();
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let files: BTreeSet<String> = std::fs::read_dir(base_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, files);
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -304,7 +314,7 @@ async fn manifests_apply_and_rbac_grants_only_what_is_needed() -> Result<()> {
     let dir = tempfile::tempdir()?;
 
     // A real apply of every file, in the documented order.
-    let applied = apply_all(&kubectl, dir.path())?;
+    let applied = apply_all(&kubectl)?;
     let mut expected: BTreeSet<String> = [
         "namespace/wattwise",
         "serviceaccount/wattwise-scheduler",
@@ -773,7 +783,7 @@ async fn the_scheduler_runs_with_exactly_the_manifests_rbac_and_config() -> Resu
     let plane = ControlPlane::start().await?;
     let kubectl = Kubectl::new(&plane)?;
     let dir = tempfile::tempdir()?;
-    apply_all(&kubectl, dir.path())?;
+    apply_all(&kubectl)?;
     for name in ["node-a", "node-b", "node-c"] {
         plane
             .create_ready_node(&FakeNode::new(name).cpu(8000))
@@ -907,6 +917,6 @@ fn the_energy_label_convention_matches_the_levels() {
         values,
         BTreeSet::from(["well-powered", "vulnerable", "low-powered", "powerless"])
     );
-    let scheduler = std::fs::read_to_string(deploy_dir().join("scheduler.yaml")).unwrap();
+    let scheduler = std::fs::read_to_string(base_dir().join("scheduler.yaml")).unwrap();
     assert!(scheduler.contains("energy_label: energy-status"));
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use wattwise_testenv::images::{self, images};
 use wattwise_testenv::manifests::{manifest, mounted_volume, repo_dir};
 
-/// Where the agent image keeps the shipped models (deploy/agent.yaml's `model.path` is in it).
+/// Where the agent image keeps the shipped models (deploy/base/agent.yaml's `model.path` is in it).
 const MODEL_DIR: &str = "/usr/share/wattwise/models";
 
 fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
