@@ -293,14 +293,11 @@ pub fn router(extender: Arc<Extender>, max_request_bytes: usize) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::{json, Value};
-    use wattwise_core::PowerCurve;
     use wattwise_proto::v1 as pb;
 
     use super::*;
-    use crate::cluster::cache::CacheSettings;
+    use crate::cluster::cache::tests::settings;
     use crate::policy::fixtures::report;
     use wattwise_core::EnergyLevel;
 
@@ -330,14 +327,7 @@ mod tests {
 
     /// An extender over nodes `well` (cheap), `dear`, `powerless` and `low` reporting, synced.
     fn extender(synced: bool) -> Extender {
-        let mut cache = ClusterCache::new(CacheSettings {
-            scheduler_name: "wattwise".into(),
-            energy_label: "energy-status".into(),
-            default_cpu_millicores: 100,
-            stale_after: Duration::from_secs(30),
-            start_window: Duration::from_secs(5),
-            default_curve: PowerCurve::linear(100.0, 300.0).unwrap(),
-        });
+        let mut cache = ClusterCache::new(settings());
         let now = Instant::now();
         for (name, level, peak) in [
             ("well", pb::EnergyLevel::WellPowered, 150.0),

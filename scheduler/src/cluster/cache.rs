@@ -519,7 +519,7 @@ impl ClusterCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::SystemTime;
 
     use super::*;
@@ -528,7 +528,8 @@ mod tests {
     use wattwise_core::EnergyLevel;
     use wattwise_proto::v1 as pb;
 
-    fn settings() -> CacheSettings {
+    /// Settings for unit tests of the cache and what reads it.
+    pub(crate) fn settings() -> CacheSettings {
         CacheSettings {
             scheduler_name: "wattwise".into(),
             energy_label: "energy-status".into(),

@@ -677,18 +677,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn weights_decide_between_energy_and_power() {
+    /// An expensive well-powered node, a cheap vulnerable one and a middling low-powered one.
+    fn three_tiers() -> [NodeState; 3] {
         use EnergyLevel::*;
-        let nodes = [
+        [
             with("well-expensive", Some(WellPowered), 100.0, 400.0),
             with("vulnerable-cheap", Some(Vulnerable), 100.0, 150.0),
             with("low-mid", Some(LowPowered), 100.0, 250.0),
-        ];
-        let weighted = |energy, power| ScoreConfig {
+        ]
+    }
+
+    fn weighted(energy: f64, power: f64) -> ScoreConfig {
+        ScoreConfig {
             kind: PolicyKind::Weighted { energy, power },
             ..ScoreConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn weights_decide_between_energy_and_power() {
+        let nodes = three_tiers();
         assert_eq!(winner(&nodes, &weighted(1.0, 0.0)), "well-expensive");
         assert_eq!(winner(&nodes, &weighted(0.0, 1.0)), "vulnerable-cheap");
         // Energy 1 vs 2/3 + power 0 vs 1: power must weigh over a third of energy to win.
@@ -914,16 +922,7 @@ mod tests {
 
     #[test]
     fn priorities_follow_the_weighted_policy() {
-        use EnergyLevel::*;
-        let nodes = [
-            with("well-expensive", Some(WellPowered), 100.0, 400.0),
-            with("vulnerable-cheap", Some(Vulnerable), 100.0, 150.0),
-            with("low-mid", Some(LowPowered), 100.0, 250.0),
-        ];
-        let weighted = |energy, power| ScoreConfig {
-            kind: PolicyKind::Weighted { energy, power },
-            ..ScoreConfig::default()
-        };
+        let nodes = three_tiers();
         for (config, top) in [
             (weighted(1.0, 0.0), "well-expensive"),
             (weighted(0.0, 1.0), "vulnerable-cheap"),
