@@ -38,6 +38,10 @@ struct Cli {
     /// Metrics/health listen address (overrides `metrics.listen`).
     #[arg(long, env = "WATTWISE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the kube-scheduler extender API on this address (sets `extender.enabled` and
+    /// `extender.listen`; deploy/overlays/extender passes it).
+    #[arg(long, env = "WATTWISE_EXTENDER_LISTEN")]
+    extender_listen: Option<SocketAddr>,
     /// Validate the configuration (and the kubeconfig, when one is given) and exit.
     #[arg(long)]
     check_config: bool,
@@ -66,6 +70,10 @@ impl Cli {
         }
         if let Some(addr) = self.metrics_listen {
             config.metrics.listen = addr;
+        }
+        if let Some(addr) = self.extender_listen {
+            config.extender.enabled = true;
+            config.extender.listen = addr;
         }
         config.validate()?;
         Ok(config)
@@ -120,6 +128,22 @@ mod tests {
         let mut argv = vec!["wattwise-scheduler", "--check-config"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn extender_listen_turns_extender_mode_on_and_is_validated() {
+        let config = cli(&["--extender-listen=127.0.0.1:9302"]).config().unwrap();
+        assert!(config.extender.enabled);
+        assert_eq!(config.extender.listen.to_string(), "127.0.0.1:9302");
+        assert!(!cli(&[]).config().unwrap().extender.enabled);
+        // The same address as the metrics server: refused by validation, naming the key.
+        let err = cli(&[
+            "--extender-listen=127.0.0.1:9300",
+            "--metrics-listen=127.0.0.1:9300",
+        ])
+        .config()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("extender.listen"), "{err:#}");
     }
 
     /// A kubeconfig for an API server that does not exist: loading it must not contact one.

@@ -62,9 +62,10 @@ pub struct KubeScheduler {
     pub extenders: Vec<SchedulerExtender>,
 }
 
-/// One entry of a `KubeSchedulerConfiguration`'s `extenders:` (1.20's v1beta1 `Extender`).
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// One entry of a `KubeSchedulerConfiguration`'s `extenders:` (1.20's v1beta1 `Extender`, the
+/// fields wattwise uses; reading a field it does not know is an error).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SchedulerExtender {
     /// e.g. `http://127.0.0.1:9202`; kube-scheduler appends `/<verb>`.
     pub url_prefix: String,

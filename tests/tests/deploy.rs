@@ -19,7 +19,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 use wattwise_core::EnergyLevel;
-use wattwise_testenv::control_plane::{ControlPlane, FakeNode};
+use wattwise_testenv::control_plane::{ControlPlane, FakeNode, KubeScheduler, SchedulerExtender};
 use wattwise_testenv::manifests::{base_dir, deploy_dir, mounted_volume};
 use wattwise_testenv::process::{free_tcp_port, require_program, wait_until, ManagedProcess};
 use wattwise_testenv::reports::{NodePowerSpec, ReportStream};
@@ -143,16 +143,51 @@ impl Kubectl {
     }
 }
 
+fn serves_policy_v1(kubectl: &Kubectl) -> Result<bool> {
+    let versions = kubectl.run(&["api-versions"])?;
+    Ok(versions.lines().any(|v| v.trim() == "policy/v1"))
+}
+
 /// What `kubectl apply -k` installs on this server: deploy/ (the base), or on a server without
 /// policy/v1 (before 1.21; the test server is v1.20) the overlay deploy/overlays/pre-1.21,
 /// which the README names for such clusters.
 fn install_dir(kubectl: &Kubectl) -> Result<PathBuf> {
-    let versions = kubectl.run(&["api-versions"])?;
-    if versions.lines().any(|v| v.trim() == "policy/v1") {
+    if serves_policy_v1(kubectl)? {
         return Ok(deploy_dir());
     }
     eprintln!("server lacks policy/v1: installing deploy/overlays/pre-1.21");
     Ok(deploy_dir().join("overlays/pre-1.21"))
+}
+
+/// `overlay` of deploy/overlays/ as this server takes it: itself, or on a server without
+/// policy/v1 a kustomization in `scratch` adding the component deploy/components/pre-1.21, as
+/// deploy/README.md tells users of such clusters. Kustomize takes only relative paths, so
+/// `scratch` must be on the repository's filesystem.
+fn overlay_for(kubectl: &Kubectl, overlay: &str, scratch: &Path) -> Result<PathBuf> {
+    let dir = deploy_dir().join("overlays").join(overlay);
+    if serves_policy_v1(kubectl)? {
+        return Ok(dir);
+    }
+    let up = |from: &Path, to: &Path| -> Result<String> {
+        let (from, to) = (from.canonicalize()?, to.canonicalize()?);
+        let common = from
+            .ancestors()
+            .find(|a| to.starts_with(a))
+            .context("no common ancestor")?;
+        let ups = from.strip_prefix(common)?.components().count();
+        let down = to.strip_prefix(common)?;
+        Ok(format!("{}{}", "../".repeat(ups), down.display()))
+    };
+    std::fs::write(
+        scratch.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{}]\ncomponents: [{}]\n",
+            up(scratch, &dir)?,
+            up(scratch, &deploy_dir().join("components/pre-1.21"))?
+        ),
+    )?;
+    Ok(scratch.to_path_buf())
 }
 
 /// Installs wattwise as the README says (`kubectl apply -k`, strict validation, a real apply),
@@ -919,4 +954,158 @@ fn the_energy_label_convention_matches_the_levels() {
     );
     let scheduler = std::fs::read_to_string(base_dir().join("scheduler.yaml")).unwrap();
     assert!(scheduler.contains("energy_label: energy-status"));
+}
+
+/// deploy/overlays/extender: every replica serves the extender API behind the Service, and the
+/// cluster's kube-scheduler, given the shipped `extenders:` entry, asks it about its pods.
+#[tokio::test]
+async fn the_extender_overlay_answers_kube_scheduler_with_the_shipped_configuration() -> Result<()>
+{
+    let mut plane = ControlPlane::start().await?;
+    let kubectl = Kubectl::new(&plane)?;
+    let dir = tempfile::tempdir()?;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let overlay = overlay_for(&kubectl, "extender", scratch.path())?;
+    let overlay = overlay.to_str().context("a UTF-8 path")?;
+    let applied = kubectl.run(&["apply", "--validate=strict", "-o", "name", "-k", overlay])?;
+    assert!(
+        applied.lines().any(|l| l == "service/wattwise-extender"),
+        "{applied}"
+    );
+    assert!(
+        applied
+            .lines()
+            .any(|l| l == "deployment.apps/wattwise-scheduler"),
+        "the base comes along: {applied}"
+    );
+
+    // The Service reaches the port the replicas serve the extender on.
+    let deployment = kubectl.get_json("deployment", Some(NS), "wattwise-scheduler")?;
+    let service = kubectl.get_json("service", Some(NS), "wattwise-extender")?;
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        args.contains(&"--extender-listen=0.0.0.0:9202".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(port_names(&deployment)["extender"], 9202);
+    assert_eq!(str_at(&service, "/spec/ports/0/targetPort"), "extender");
+    assert_service_targets(&service, &deployment);
+
+    // A replica as the Deployment runs it (its args, the ConfigMap's configuration, its service
+    // account), on loopback ports.
+    let token = kubectl
+        .run(&[
+            "create",
+            "token",
+            "wattwise-scheduler",
+            "-n",
+            NS,
+            "--duration=1h",
+        ])?
+        .trim()
+        .to_string();
+    let kubeconfig = dir.path().join("scheduler.kubeconfig");
+    token_kubeconfig(&plane, &token, &kubeconfig)?;
+    let config_map = kubectl.get_json("configmap", Some(NS), "wattwise-scheduler")?;
+    let config = dir.path().join("scheduler.yaml");
+    std::fs::write(&config, str_at(&config_map, "/data/scheduler.yaml"))?;
+    let extender: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
+    let metrics = format!("127.0.0.1:{}", free_tcp_port()?);
+    let mut cmd = Command::new(workspace_binary("wattwise-scheduler")?);
+    for arg in &args {
+        cmd.arg(if arg.starts_with("--config=") {
+            format!("--config={}", config.display())
+        } else if arg.starts_with("--extender-listen=") {
+            format!("--extender-listen={extender}")
+        } else {
+            arg.clone()
+        });
+    }
+    cmd.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg(format!("--grpc-listen=127.0.0.1:{}", free_tcp_port()?))
+        .arg(format!("--metrics-listen={metrics}"))
+        .env("POD_NAME", "wattwise-scheduler-test-0")
+        .env("POD_NAMESPACE", NS)
+        .env_remove("KUBECONFIG");
+    let mut scheduler = ManagedProcess::spawn("wattwise-scheduler", cmd, dir.path())?;
+    let http = reqwest::Client::new();
+    let ready = wait_until("the replica ready", Duration::from_secs(30), || async {
+        Ok(http
+            .get(format!("http://{metrics}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success()))
+    })
+    .await;
+    scheduler.ensure_running()?;
+    ready.with_context(|| scheduler.log_tail(40))?;
+
+    // The stock kube-scheduler with the shipped extenders entry, its urlPrefix the replica's
+    // loopback address instead of the Service's ClusterIP.
+    let shipped: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        deploy_dir().join("overlays/extender/kube-scheduler-config.yaml"),
+    )?)?;
+    assert_eq!(shipped["kind"], "KubeSchedulerConfiguration");
+    let entries = shipped["extenders"].as_array().context("extenders")?;
+    assert_eq!(entries.len(), 1);
+    let mut entry: SchedulerExtender = serde_json::from_value(entries[0].clone())?;
+    assert_eq!(entry.url_prefix, "http://CLUSTER-IP:9202");
+    assert!(entry.ignorable && entry.node_cache_capable);
+    entry.url_prefix = format!("http://{extender}");
+    plane
+        .start_kube_scheduler_with(&KubeScheduler {
+            extenders: vec![entry],
+            ..KubeScheduler::default()
+        })
+        .await?;
+    // Two nodes: with one, kube-scheduler binds without scoring (no prioritize call).
+    for name in ["node-a", "node-b"] {
+        plane
+            .create_ready_node(&FakeNode::new(name).cpu(8000))
+            .await?;
+    }
+    let client = plane.client().await?;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "asked", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "busybox",
+            "resources": {"requests": {"cpu": "100m"}}}]}
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&Default::default(), &pod).await?;
+    wait_until(
+        "the pod bound by kube-scheduler",
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get("asked").await?;
+            Ok(pod.spec.and_then(|s| s.node_name).is_some())
+        },
+    )
+    .await
+    .with_context(|| scheduler.log_tail(40))?;
+    let body = http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for verb in ["filter", "prioritize"] {
+        let series =
+            format!("wattwise_scheduler_extender_calls_total{{verb=\"{verb}\",result=\"ok\"}}");
+        let calls: f64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {series} in:\n{body}"))?;
+        assert!(calls >= 1.0, "{series} {calls}");
+    }
+    scheduler.ensure_running()?;
+    Ok(())
 }
