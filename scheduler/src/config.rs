@@ -86,6 +86,11 @@ pub struct ReportsConfig {
     /// Linear curve for nodes without a fresh report.
     pub default_idle_watts: f64,
     pub default_peak_watts: f64,
+    /// Reports one stream may send per second, sustained, and in a burst; a stream beyond them
+    /// is cut (RESOURCE_EXHAUSTED), so one runaway or hostile sender cannot starve the others.
+    /// An agent sends at most one report per reading (`interval` ≥ 100ms on the agent).
+    pub stream_rate: f64,
+    pub stream_burst: u32,
 }
 
 impl Default for ReportsConfig {
@@ -96,6 +101,8 @@ impl Default for ReportsConfig {
             pod_start_window: Duration::from_secs(30),
             default_idle_watts: 100.0,
             default_peak_watts: 300.0,
+            stream_rate: 20.0,
+            stream_burst: 100,
         }
     }
 }
@@ -475,6 +482,18 @@ impl SchedulerConfig {
                 "must not exceed reports.default_peak_watts",
             ));
         }
+        if !r.stream_rate.is_finite() || !(1.0..=100_000.0).contains(&r.stream_rate) {
+            return Err(invalid(
+                "reports.stream_rate",
+                "must be between 1 and 100000 reports per second",
+            ));
+        }
+        if !(1..=1_000_000).contains(&r.stream_burst) {
+            return Err(invalid(
+                "reports.stream_burst",
+                "must be between 1 and 1000000",
+            ));
+        }
         let p = &self.policy;
         for (key, w) in [
             ("policy.energy_weight", p.energy_weight),
@@ -768,6 +787,17 @@ mod tests {
         .unwrap()
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn report_stream_limits_are_checked_and_named() {
+        let c = SchedulerConfig::from_yaml("").unwrap();
+        assert_eq!((c.reports.stream_rate, c.reports.stream_burst), (20.0, 100));
+        refused_by_name(&[
+            ("reports: {stream_rate: 0}", "reports.stream_rate"),
+            ("reports: {stream_rate: .nan}", "reports.stream_rate"),
+            ("reports: {stream_burst: 0}", "reports.stream_burst"),
+        ]);
     }
 
     #[test]

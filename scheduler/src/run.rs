@@ -97,7 +97,7 @@ pub async fn run(
         cache.clone(),
         queue.clone(),
         metrics.clone(),
-        config.reports.interval,
+        &config.reports,
     );
     let grpc =
         wattwise_daemon::grpc::spawn(PowerReportsServer::new(reports), grpc_listener).await?;

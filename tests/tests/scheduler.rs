@@ -914,3 +914,66 @@ async fn the_last_pod_slots_of_an_efficient_node_go_to_pods_that_use_its_cpu() -
     assert_eq!(place("small-2", "250m", 5).await?, "efficient");
     Ok(())
 }
+
+/// `reports.stream_rate` / `stream_burst`: a stream flooding reports is cut after its burst,
+/// while another agent's reports keep being accepted and pods keep being bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_report_stream_is_cut_and_nothing_else_notices() -> Result<()> {
+    let plane = ControlPlane::start().await?;
+    let client = plane.client().await?;
+    nodes(&plane, &[FakeNode::new("calm"), FakeNode::new("flooded")]).await?;
+    let scheduler = SchedulerProcess::start(&plane, "replica-a", "").await?;
+    let pump = ReportPump::start(scheduler.grpc_addr(), Duration::from_millis(300));
+    pump.set("calm", NodePowerSpec::new(4000, 100.0, 200.0, 1.0));
+    wait_reports(&scheduler, 0.0, 2.0).await?;
+
+    // As fast as acks come back (thousands a second on loopback), one report at a time.
+    let mut flood = ReportStream::connect(scheduler.grpc_addr()).await?;
+    let spec = NodePowerSpec::new(4000, 10.0, 11.0, 1.0);
+    let started = std::time::Instant::now();
+    let mut accepted = 0u64;
+    let cut = loop {
+        match flood
+            .send(spec.report("flooded", "flood", accepted + 1))
+            .await
+        {
+            Ok(ack) => {
+                assert!(ack.accepted, "{ack:?}");
+                accepted += 1;
+                anyhow::ensure!(accepted < 100_000, "the flood was never cut");
+            }
+            Err(e) => break format!("{e:#}"),
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "flood: {accepted} reports accepted in {seconds:.3} s ({:.0}/s) before the cut",
+        accepted as f64 / seconds
+    );
+    assert!(cut.contains("stream cut"), "{cut}");
+    // The burst (100) and the rate (20/s) over the flood's duration, no more.
+    assert!(
+        accepted as f64 <= 100.0 + 20.0 * seconds + 1.0,
+        "{accepted} accepted in {seconds:.3} s"
+    );
+    assert!(accepted >= 100, "the burst is granted: {accepted}");
+    assert_eq!(
+        scheduler
+            .metric("wattwise_scheduler_reports_total{reason=\"throttled\"}")
+            .await?,
+        Some(1.0)
+    );
+
+    // The calm agent goes on, a pod is bound, and the flooder may come back (a new stream).
+    let before = accepted_reports(&scheduler).await?;
+    wait_reports(&scheduler, before, 3.0).await?;
+    create_pod(&client, pod_json("after-the-flood", "1")).await?;
+    let placed = wait_bound(&client, 1, Duration::from_secs(20)).await?;
+    assert!(placed.contains_key("after-the-flood"));
+    let mut again = ReportStream::connect(scheduler.grpc_addr()).await?;
+    let ack = again
+        .send(spec.report("flooded", "flood", accepted + 1))
+        .await?;
+    assert!(ack.accepted, "{ack:?}");
+    Ok(())
+}

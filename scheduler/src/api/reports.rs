@@ -5,6 +5,11 @@
 //! node's energy level (the one thing from reports the filters read) wakes unschedulable pods:
 //! with every agent reporting every few seconds, anything more would retry each of them at its
 //! backoff, over all nodes and under the cache lock, instead of on a helpful event.
+//!
+//! Each stream has a budget (`reports.stream_rate` per second, `reports.stream_burst` at once):
+//! a stream beyond it is cut with RESOURCE_EXHAUSTED before its excess reaches validation or the
+//! cache lock, so a runaway or hostile sender costs the other agents and the decision loop
+//! nothing but the decoding of what it sent before the cut.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,6 +23,7 @@ use wattwise_proto::v1::power_reports_server::PowerReports;
 
 use crate::api::metrics::SchedulerMetrics;
 use crate::cluster::cache::ClusterCache;
+use crate::config::ReportsConfig;
 use crate::queue::SchedulingQueue;
 
 pub struct ReportsService {
@@ -25,6 +31,8 @@ pub struct ReportsService {
     queue: Arc<SchedulingQueue>,
     metrics: Arc<SchedulerMetrics>,
     interval: Duration,
+    stream_rate: f64,
+    stream_burst: u32,
 }
 
 impl ReportsService {
@@ -32,13 +40,49 @@ impl ReportsService {
         cache: Arc<Mutex<ClusterCache>>,
         queue: Arc<SchedulingQueue>,
         metrics: Arc<SchedulerMetrics>,
-        interval: Duration,
+        config: &ReportsConfig,
     ) -> Self {
         Self {
             cache,
             queue,
             metrics,
-            interval,
+            interval: config.interval,
+            stream_rate: config.stream_rate,
+            stream_burst: config.stream_burst,
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second up to `burst`, one per report.
+#[derive(Debug)]
+struct Budget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -50,6 +94,9 @@ struct Ingest {
     metrics: Arc<SchedulerMetrics>,
     interval: prost_types::Duration,
     peer: String,
+    budget: Budget,
+    /// An error ended the call: the stream yields nothing more.
+    cut: bool,
 }
 
 impl Ingest {
@@ -125,10 +172,49 @@ impl PowerReports for ReportsService {
                 .try_into()
                 .map_err(|_| Status::internal("report interval out of range"))?,
             peer,
+            budget: Budget::new(self.stream_rate, self.stream_burst, Instant::now()),
+            cut: false,
         };
-        let acks = request
-            .into_inner()
-            .map(move |item| item.map(|report| ingest.ack(report)));
+        let (rate, burst) = (self.stream_rate, self.stream_burst);
+        // An error item ends the call with its status: nothing after the cut is read.
+        let acks = request.into_inner().scan(ingest, move |ingest, item| {
+            let ack = item.and_then(|report| {
+                if ingest.budget.take(Instant::now()) {
+                    return Ok(ingest.ack(report));
+                }
+                ingest.metrics.report("throttled");
+                warn!(peer = %ingest.peer, node = %report.node_name, rate, burst,
+                    "report stream cut: over its budget (reports.stream_rate, reports.stream_burst)");
+                Err(Status::resource_exhausted(format!(
+                    "more than {burst} reports at once or {rate} a second on this stream \
+                     (reports.stream_rate, reports.stream_burst): stream cut; reconnect later"
+                )))
+            });
+            let last = ack.is_err();
+            futures::future::ready((!ingest.cut).then(|| {
+                ingest.cut = last;
+                ack
+            }))
+        });
         Ok(Response::new(Box::pin(acks)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_allows_its_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut b = Budget::new(20.0, 100, start);
+        assert_eq!((0..150).filter(|_| b.take(start)).count(), 100, "the burst");
+        // 20 a second: one more after 50 ms, none before.
+        assert!(!b.take(start + Duration::from_millis(40)));
+        assert!(b.take(start + Duration::from_millis(51)));
+        assert!(!b.take(start + Duration::from_millis(52)));
+        // Idle for a long while: back to the burst, no more.
+        let later = start + Duration::from_secs(60);
+        assert_eq!((0..150).filter(|_| b.take(later)).count(), 100);
     }
 }
