@@ -813,6 +813,33 @@ fn token_kubeconfig(plane: &ControlPlane, token: &str, path: &Path) -> Result<()
     Ok(())
 }
 
+/// What a replica of the installed Deployment runs with, written to `dir`: a kubeconfig with a
+/// token of its service account (TokenRequest), nothing more, and its ConfigMap's configuration
+/// as the server stores it.
+fn scheduler_files(
+    plane: &ControlPlane,
+    kubectl: &Kubectl,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    let token = kubectl
+        .run(&[
+            "create",
+            "token",
+            "wattwise-scheduler",
+            "-n",
+            NS,
+            "--duration=1h",
+        ])?
+        .trim()
+        .to_string();
+    let kubeconfig = dir.join("scheduler.kubeconfig");
+    token_kubeconfig(plane, &token, &kubeconfig)?;
+    let config_map = kubectl.get_json("configmap", Some(NS), "wattwise-scheduler")?;
+    let config = dir.join("scheduler.yaml");
+    std::fs::write(&config, str_at(&config_map, "/data/scheduler.yaml"))?;
+    Ok((kubeconfig, config))
+}
+
 #[tokio::test]
 async fn the_scheduler_runs_with_exactly_the_manifests_rbac_and_config() -> Result<()> {
     let plane = ControlPlane::start().await?;
@@ -825,23 +852,7 @@ async fn the_scheduler_runs_with_exactly_the_manifests_rbac_and_config() -> Resu
             .await?;
     }
 
-    // The scheduler's own identity: a token of its service account (TokenRequest), nothing more.
-    let token = kubectl
-        .run(&[
-            "create",
-            "token",
-            "wattwise-scheduler",
-            "-n",
-            NS,
-            "--duration=1h",
-        ])?
-        .trim()
-        .to_string();
-    let kubeconfig = dir.path().join("scheduler.kubeconfig");
-    token_kubeconfig(&plane, &token, &kubeconfig)?;
-    let config_map = kubectl.get_json("configmap", Some(NS), "wattwise-scheduler")?;
-    let config = dir.path().join("scheduler.yaml");
-    std::fs::write(&config, str_at(&config_map, "/data/scheduler.yaml"))?;
+    let (kubeconfig, config) = scheduler_files(&plane, &kubectl, dir.path())?;
 
     // As the Deployment runs it (args and downward-API env), on loopback ports.
     let metrics = format!("127.0.0.1:{}", free_tcp_port()?);
@@ -999,22 +1010,7 @@ async fn the_extender_overlay_answers_kube_scheduler_with_the_shipped_configurat
 
     // A replica as the Deployment runs it (its args, the ConfigMap's configuration, its service
     // account), on loopback ports.
-    let token = kubectl
-        .run(&[
-            "create",
-            "token",
-            "wattwise-scheduler",
-            "-n",
-            NS,
-            "--duration=1h",
-        ])?
-        .trim()
-        .to_string();
-    let kubeconfig = dir.path().join("scheduler.kubeconfig");
-    token_kubeconfig(&plane, &token, &kubeconfig)?;
-    let config_map = kubectl.get_json("configmap", Some(NS), "wattwise-scheduler")?;
-    let config = dir.path().join("scheduler.yaml");
-    std::fs::write(&config, str_at(&config_map, "/data/scheduler.yaml"))?;
+    let (kubeconfig, config) = scheduler_files(&plane, &kubectl, dir.path())?;
     let extender: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
     let metrics = format!("127.0.0.1:{}", free_tcp_port()?);
     let mut cmd = Command::new(workspace_binary("wattwise-scheduler")?);

@@ -23,6 +23,7 @@ use wattwise_proto::v1::power_reports_server::PowerReports;
 
 use crate::api::metrics::SchedulerMetrics;
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::rate::TokenBucket;
 use crate::config::ReportsConfig;
 use crate::queue::SchedulingQueue;
 
@@ -53,40 +54,6 @@ impl ReportsService {
     }
 }
 
-/// A token bucket: `rate` tokens a second up to `burst`, one per report.
-#[derive(Debug)]
-struct Budget {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Budget {
-    fn new(rate: f64, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst);
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Everything one stream needs, moved into its task.
 struct Ingest {
     cache: Arc<Mutex<ClusterCache>>,
@@ -94,7 +61,8 @@ struct Ingest {
     metrics: Arc<SchedulerMetrics>,
     interval: prost_types::Duration,
     peer: String,
-    budget: Budget,
+    /// One token per report.
+    budget: TokenBucket,
     /// An error ended the call: the stream yields nothing more.
     cut: bool,
 }
@@ -172,7 +140,7 @@ impl PowerReports for ReportsService {
                 .try_into()
                 .map_err(|_| Status::internal("report interval out of range"))?,
             peer,
-            budget: Budget::new(self.stream_rate, self.stream_burst, Instant::now()),
+            budget: TokenBucket::full(self.stream_rate, self.stream_burst, Instant::now()),
             cut: false,
         };
         let (rate, burst) = (self.stream_rate, self.stream_burst);
@@ -197,24 +165,5 @@ impl PowerReports for ReportsService {
             }))
         });
         Ok(Response::new(Box::pin(acks)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_budget_allows_its_burst_then_its_rate() {
-        let start = Instant::now();
-        let mut b = Budget::new(20.0, 100, start);
-        assert_eq!((0..150).filter(|_| b.take(start)).count(), 100, "the burst");
-        // 20 a second: one more after 50 ms, none before.
-        assert!(!b.take(start + Duration::from_millis(40)));
-        assert!(b.take(start + Duration::from_millis(51)));
-        assert!(!b.take(start + Duration::from_millis(52)));
-        // Idle for a long while: back to the burst, no more.
-        let later = start + Duration::from_secs(60);
-        assert_eq!((0..150).filter(|_| b.take(later)).count(), 100);
     }
 }

@@ -1,5 +1,5 @@
-//! Rate limits of the scheduler's writes (events, node labels), so that a burst of work never
-//! turns into a burst of writes against the API server.
+//! Rate limits: of the scheduler's writes (events, node labels), so that a burst of work never
+//! turns into a burst of writes against the API server, and of each agent report stream.
 
 use std::time::Instant;
 

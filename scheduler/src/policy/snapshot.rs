@@ -238,8 +238,6 @@ pub struct Snapshot {
     taint_ids: HashMap<Taint, u32>,
     /// Sum of the nodes' [`Row::references`] (see [`Snapshot::wasteful`]).
     references: usize,
-    /// Requested CPU and pod count summed over the nodes, kept with `fits`.
-    requested_total: (u64, u64),
 }
 
 impl Snapshot {
@@ -269,7 +267,6 @@ impl Snapshot {
         self.names.push(row.name);
         self.labels.push(labels);
         self.taints.push(row.taints);
-        self.count_requested(&row.fit.requested, true);
         self.fits.push(row.fit);
         self.extended.push(row.extended);
         self.host_ports.push(row.host_ports);
@@ -291,7 +288,7 @@ impl Snapshot {
         }
         self.names[index] = row.name;
         self.taints[index] = row.taints;
-        self.replace_fit(index, row.fit);
+        self.fits[index] = row.fit;
         self.extended[index] = row.extended;
         self.host_ports[index] = row.host_ports;
         self.power[index] = row.power;
@@ -315,13 +312,10 @@ impl Snapshot {
         let extended = extended_column(&mut self.symbols, requested, allocatable);
         self.references -= self.extended[index].len();
         self.references += extended.len();
-        self.replace_fit(
-            index,
-            Fit {
-                requested: requested.into(),
-                allocatable: allocatable.into(),
-            },
-        );
+        self.fits[index] = Fit {
+            requested: requested.into(),
+            allocatable: allocatable.into(),
+        };
         self.extended[index] = extended;
         self.host_ports[index] = used_host_ports.into();
     }
@@ -332,8 +326,7 @@ impl Snapshot {
         self.names.swap_remove(index);
         self.labels.swap_remove(index);
         self.taints.swap_remove(index);
-        let removed = self.fits.swap_remove(index);
-        self.count_requested(&removed.requested, false);
+        self.fits.swap_remove(index);
         self.extended.swap_remove(index);
         self.host_ports.swap_remove(index);
         self.power.swap_remove(index);
@@ -373,29 +366,16 @@ impl Snapshot {
 
     /// The mean CPU request of the pods on the nodes (their CPU requests' sum over their
     /// count); `None` without pods.
+    /// Only slot pricing's full path reads it: a pass over the nodes' columns is cheaper than
+    /// keeping a sum up to date on every usage change.
     pub(crate) fn mean_pod_cpu_millicores(&self) -> Option<f64> {
-        let (cpu, pods) = self.requested_total;
+        let (cpu, pods) = self.fits.iter().fold((0u64, 0u64), |(cpu, pods), fit| {
+            (
+                cpu.saturating_add(fit.requested.cpu_millicores),
+                pods.saturating_add(fit.requested.pods),
+            )
+        });
         (pods > 0).then(|| cpu as f64 / pods as f64)
-    }
-
-    fn replace_fit(&mut self, index: usize, fit: Fit) {
-        let old = self.fits[index].requested;
-        self.count_requested(&old, false);
-        self.count_requested(&fit.requested, true);
-        self.fits[index] = fit;
-    }
-
-    /// Adds `requested` to (or takes it from) [`Snapshot::requested_total`]. Wrapping: every
-    /// amount taken was added before, so the sums stay exact.
-    fn count_requested(&mut self, requested: &Amounts, add: bool) {
-        let (cpu, pods) = &mut self.requested_total;
-        if add {
-            *cpu = cpu.wrapping_add(requested.cpu_millicores);
-            *pods = pods.wrapping_add(requested.pods);
-        } else {
-            *cpu = cpu.wrapping_sub(requested.cpu_millicores);
-            *pods = pods.wrapping_sub(requested.pods);
-        }
     }
 
     /// The id of `s` in this snapshot, or one no node carries.
